@@ -1,0 +1,248 @@
+"""Shared pieces of the dataset readers: the error type, file decoding, size checks, cache folders.
+
+Everything here turns a low-level failure (a missing file, a truncated PNG, an unreadable .mat) into a
+`DatasetError` that names the file and the sample id, because a bare `FileNotFoundError` from a worker
+process deep inside a DataLoader tells the user nothing about which of 10 000 samples is broken.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+# Where each canonical dataset name lives under db_root, and where its tarball comes from.
+DATASET_FOLDERS = {"PASCALContext": "PASCALContext", "NYUD": "NYUDv2"}
+TARBALLS = {"PASCALContext": "PASCALContext.tar.gz", "NYUD": "NYUDv2.tar.gz"}
+SYNTHETIC_NAMES = {"PASCALContext": "pascal", "NYUD": "nyud"}
+
+# Short trees of the expected on-disk layouts (spec §1.2, §1.3), shown when the folder is missing.
+LAYOUTS = {
+    "PASCALContext": """\
+<db_root>/PASCALContext/
+    ImageSets/Context/{train,val}.txt     one image id per line
+    JPEGImages/<id>.jpg                   RGB input
+    semseg/VOC12/<id>.png                 21-class labels (else semseg/pascal-context/<id>.png)
+    pascal-context/trainval/<id>.mat      LabelMap (459 context classes): edges, normals mask
+    human_parts/<id>.mat                  PASCAL-Part `anno` struct
+    normals_distill/<id>.png              RGB normals
+    sal_distill/<id>.png                  grayscale saliency""",
+    "NYUD": """\
+<db_root>/NYUDv2/
+    gt_sets/{train,val}.txt               one image id per line
+    images/<id>.png                       RGB input
+    segmentation/<id>.png                 0 = unlabeled, 1..40 = NYU-40 classes
+    depth/<id>.npy                        metres, 0 = invalid
+    normals/<id>.png                      RGB normals
+    edge/<id>.png                         0/255 boundaries""",
+}
+
+
+class DatasetError(Exception):
+    """A dataset cannot be read: the message says which path, which sample and what to do."""
+
+
+def missing_root_message(db_name: str, looked_at: Path) -> str:
+    """The full help text for a missing dataset folder: where we looked, what should be there, how to fix."""
+    folder = DATASET_FOLDERS[db_name]
+    return (
+        f"{db_name} dataset not found: looked for the folder {looked_at}\n"
+        f"Expected layout:\n{LAYOUTS[db_name]}\n"
+        f"Get it from ATRC's data release (https://github.com/brdav/atrc, 'Data' section): download "
+        f"{TARBALLS[db_name]} and extract it under a root folder so that <root>/{folder}/ exists.\n"
+        f"Set the root (the folder that CONTAINS {folder}/) in one of three ways, highest priority first:\n"
+        f"  1. the command-line flag  --data_root /path/to/root\n"
+        f"  2. the environment variable  TASKDIFFUSION_DATA=/path/to/root\n"
+        f"  3. the config key  db_root: /path/to/root\n"
+        f"For a quick try without the real data, write a synthetic set in the same layout:\n"
+        f"  python -m data.synthetic --dataset {SYNTHETIC_NAMES[db_name]} --out /path/to/root"
+    )
+
+
+def resolve_dataset_dir(db_name: str, db_root) -> Path:
+    """`<db_root>/<folder>` for a canonical dataset name; also accepts the dataset folder itself as root."""
+    if db_name not in DATASET_FOLDERS:
+        raise DatasetError(f"unknown dataset {db_name!r}; known: {', '.join(DATASET_FOLDERS)}")
+    folder = DATASET_FOLDERS[db_name]
+    if db_root is None or str(db_root) == "":
+        raise DatasetError(missing_root_message(db_name, Path("<no data root set>") / folder))
+    root = Path(os.path.expanduser(str(db_root)))
+    if root.name == folder and not (root / folder).is_dir() and root.is_dir():
+        return root
+    path = root / folder
+    if not path.is_dir():
+        raise DatasetError(missing_root_message(db_name, path.resolve() if root.exists() else path))
+    return path
+
+
+def read_split(path: Path, db_name: str) -> list:
+    """Ids of one split file (one per line, blank lines skipped); missing or empty files fail clearly."""
+    if not path.is_file():
+        avail = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        raise DatasetError(
+            f"{db_name}: split file {path} does not exist"
+            + (f"; available splits: {', '.join(avail)}" if avail else f" (folder {path.parent} is missing)")
+        )
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise DatasetError(f"{db_name}: split file {path} is empty (no image ids); the split has no samples")
+    return ids
+
+
+def check_files_exist(db_name: str, folder: Path, ids, suffix: str, what: str) -> None:
+    """Every id has `<folder>/<id><suffix>`; one listdir per folder instead of one stat per file."""
+    if not folder.is_dir():
+        raise DatasetError(f"{db_name}: the {what} folder {folder} is missing")
+    present = set(os.listdir(folder))
+    missing = [i for i in ids if f"{i}{suffix}" not in present]
+    if missing:
+        shown = ", ".join(str(folder / f"{i}{suffix}") for i in missing[:5])
+        raise DatasetError(
+            f"{db_name}: {len(missing)} {what} file(s) missing for the split, e.g. sample {missing[0]!r}: {shown}"
+        )
+
+
+def _fail(path, sample_id, err) -> DatasetError:
+    return DatasetError(f"cannot read {path} (sample {sample_id!r}): {type(err).__name__}: {err}")
+
+
+def read_rgb(path, sample_id) -> np.ndarray:
+    """float32 H×W×3 in 0..255 (PIL `.convert('RGB')`, spec §1.1)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.float32)
+    except Exception as err:  # noqa: BLE001 - any decoder failure becomes a named-file error
+        raise _fail(path, sample_id, err) from err
+
+
+def read_png_raw(path, sample_id) -> np.ndarray:
+    """The stored values of a PNG (palette indices for palette PNGs, not colours)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im)
+    except Exception as err:  # noqa: BLE001
+        raise _fail(path, sample_id, err) from err
+
+
+def read_single_channel(path, sample_id) -> np.ndarray:
+    """A label PNG as H×W; single-channel expected, a gray image stored as RGB keeps its first channel."""
+    arr = read_png_raw(path, sample_id)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise DatasetError(f"{path} (sample {sample_id!r}): expected a single-channel image, got shape {arr.shape}")
+    return arr
+
+
+def read_rgb_png(path, sample_id) -> np.ndarray:
+    """An 8-bit RGB PNG as uint8 H×W×3 (normals)."""
+    arr = read_png_raw(path, sample_id)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise DatasetError(f"{path} (sample {sample_id!r}): expected an RGB image, got shape {arr.shape}")
+    return arr[..., :3]
+
+
+def decode_normals(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB → float32 normals in [−1, 1]: n = 2·v/255 − 1 per channel (R→x, G→y, B→z)."""
+    return (2.0 * rgb.astype(np.float32) / 255.0 - 1.0).astype(np.float32)
+
+
+def load_mat(path, sample_id, key: str | None = None):
+    """A MATLAB file (scipy.io.loadmat); with `key` the named variable, failing clearly when absent."""
+    import scipy.io as sio
+
+    try:
+        mat = sio.loadmat(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise _fail(path, sample_id, err) from err
+    if key is None:
+        return mat
+    if key not in mat:
+        have = [k for k in mat if not k.startswith("__")]
+        raise DatasetError(f"{path} (sample {sample_id!r}): no variable {key!r} in the .mat file (has: {have})")
+    return mat[key]
+
+
+def load_npy(path, sample_id) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001
+        raise _fail(path, sample_id, err) from err
+
+
+def as_hwc(arr: np.ndarray) -> np.ndarray:
+    """H×W → H×W×1 float32; H×W×C kept (as float32)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def fit_to_image(label: np.ndarray, image_hw, path, sample_id, cubic: bool = False) -> np.ndarray:
+    """Resize a label to the image size only if it differs (spec §1.1: nearest, normals cubic).
+
+    A plain rescale (same aspect ratio within 2 %) is resized with a warning; any other mismatch (a
+    transposed or unrelated label) is an error, because resizing it would silently teach garbage.
+    """
+    import cv2
+
+    h, w = int(image_hw[0]), int(image_hw[1])
+    lh, lw = label.shape[:2]
+    if (lh, lw) == (h, w):
+        return label
+    if lh == 0 or lw == 0 or abs((lh / lw) / (h / w) - 1.0) > 0.02:
+        raise DatasetError(
+            f"{path} (sample {sample_id!r}): label size {lh}x{lw} does not match the image size {h}x{w} "
+            f"and is not a rescaled copy of it (different aspect ratio); check that the file belongs to this image"
+        )
+    warnings.warn(f"{path}: label size {lh}x{lw} differs from the image {h}x{w}; resizing", stacklevel=2)
+    squeeze = label.ndim == 3 and label.shape[2] == 1
+    src = label[:, :, 0] if squeeze else label
+    interp = cv2.INTER_CUBIC if cubic else cv2.INTER_NEAREST
+    out = cv2.resize(np.ascontiguousarray(src), (w, h), interpolation=interp)
+    return out[:, :, None] if squeeze else out
+
+
+def default_cache_root(cache_dir=None) -> Path:
+    """`cache_dir` argument > $TASKDIFFUSION_CACHE > ~/.cache/taskdiffusion (never the dataset folder)."""
+    if cache_dir:
+        return Path(os.path.expanduser(str(cache_dir)))
+    env = os.environ.get("TASKDIFFUSION_CACHE")
+    if env:
+        return Path(os.path.expanduser(env))
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "taskdiffusion"
+
+
+def dataset_cache_dir(cache_root: Path, db_name: str, dataset_dir: Path) -> Path:
+    """Per-dataset cache folder keyed by the dataset's absolute path (two copies never share a cache)."""
+    key = hashlib.sha1(str(Path(dataset_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(cache_root) / f"{db_name}-{key}"
+
+
+def file_stamp(path) -> list:
+    """(size, mtime_ns) of a file: cached results derived from it are stale when this changes."""
+    st = os.stat(path)
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def atomic_save_npz(path: Path, **arrays) -> bool:
+    """Write an .npz under a temporary name and rename, so concurrent workers never read half a file.
+
+    Returns False (and stays silent) when the cache folder is not writable: caching is an optimisation.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
