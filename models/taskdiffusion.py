@@ -1,0 +1,384 @@
+"""TaskDiffusion: ViT backbone + joint-denoising diffusion decoder head (spec §4, Appendix A).
+
+`TaskDiffusionHead` (state-dict prefix `heads.`) holds every module of spec §4.3 under the
+original names. `TaskDiffusion` wraps backbone + head with the project's model API:
+
+    model(images, targets=None, noise=None, times=None, generator=None) -> dict
+      with targets: training forward  -> {'pred': {task: B×K×H×W}, 'aux': {task: B×K×H×W}}
+      without:      DDIM sampling     -> {'pred': {task: B×K×H×W}}
+
+Tasks are data: the head loops over the configured tasks and asks `data.tasks` what each one is
+(discrete classes vs continuous channels, whether its embedding bypasses the fusion conv). The
+noisy-map width is computed: M = E·(#separately embedded tasks) + C, E = C // 4.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.tasks import DEPTH_MAX, DEPTH_MIN, TaskInfo, task_infos
+from models.backbone import build_backbone
+from models.decoder import ConvMLP, CondConvMLP, CrossTaskFPN, NoisyInputFusion, task_feat_block
+from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_pairs, draw_sample_noise,
+                              draw_train_noise, draw_train_times, logsnr_cosine, noise_latent, to_bits,
+                              upsample_bilinear)
+
+# How a task's prediction becomes a label again before it is re-embedded during DDIM sampling
+# (spec §4.9 step 4). Discrete tasks default to argmax, continuous ones to the raw values. These are
+# per-task properties of the original; a TaskInfo field `sample_rule` (same tuple form), if the task
+# table grows one, takes precedence over this table.
+SAMPLE_RULES = {
+    "sal": ("threshold", 0.85),  # class 1 iff softmax(logits)[1] > 0.85
+    "depth": ("clamp", DEPTH_MIN, DEPTH_MAX),
+    "edge": ("sigmoid",),
+    "normals": ("l2",),
+}
+
+
+def sample_rule(info: TaskInfo) -> tuple:
+    rule = getattr(info, "sample_rule", None) or SAMPLE_RULES.get(info.name)
+    if rule is None:
+        rule = ("argmax",) if info.is_discrete else ("identity",)
+    if rule[0] in ("argmax", "threshold") and not info.is_discrete:
+        raise ValueError(f"task {info.name!r}: rule {rule[0]!r} needs a discrete task")
+    return tuple(rule)
+
+
+class TaskDiffusionHead(nn.Module):
+    """The joint-denoising decoder (spec §4.3-4.9).
+
+    Inputs are backbone features F: B×(L·C)×h×w (level-major). Outputs are logits at 4h×4w
+    (training and the last DDIM step); the wrapper resizes them to the input size.
+
+    Subclass hooks (the MLoRE head overrides these; see models/mlore.py):
+
+    * `build_feat_task(level) -> nn.Module`: the clean per-task feature module of one level,
+      stored as `fpn_encoder.feat_task.{level}`. Default: `ModuleDict({task: TaskFeat})`.
+    * `clean_task_features(levels, generator=None, **hook_kwargs) -> (P, info)`: runs those modules;
+      `levels` is L × (B×C×h×w), P is L × {task: B×C×h×w}, `info` a dict of extra outputs (e.g.
+      `{'route_1_prob': [...], 'route_2_prob': [...]}`) merged into the training output dict.
+      Called once per training forward and once per sampling call (step 0; P is cached after).
+      `hook_kwargs` are whatever extra keyword arguments the caller passed to `forward_train` /
+      `sample` / the model (e.g. injected router noise).
+    * `build_aux_body(task) -> nn.Module`: the aux head body `aux_heads.<task>.0`, mapping the
+      ×4-upsampled concat of the L clean levels (B×L·C×4h×4w) to B×C×4h×4w. Default: ConvMLP(L·C, C).
+
+    Hooks are called from `__init__`; a subclass that needs its own settings in them sets plain
+    (non-Module) attributes before calling `super().__init__(...)`, which nn.Module allows.
+    """
+
+    def __init__(self, task_infos: Mapping[str, TaskInfo], embed_dim: int, num_levels: int = 4,
+                 timesteps: int = 3, randsteps: int = 1, bit_scale: float = 0.01, module_layer: int = 3,
+                 with_aux: bool = True, time_difference: float = 1.0, learned_sinusoidal_dim: int = 16,
+                 sample_range: Sequence[float] = (0.0, 0.999), invalid_value: float = 255,
+                 clamp_returned_depth: bool = True):
+        super().__init__()
+        if randsteps < 1:
+            raise ValueError(f"randsteps must be >= 1, got {randsteps}")
+        self.task_infos = dict(task_infos)
+        self.tasks = list(self.task_infos)
+        if not self.tasks:
+            raise ValueError("TaskDiffusionHead: no tasks configured")
+        c = int(embed_dim)
+        e = c // 4
+        self.embed_dim, self.label_dim, self.num_levels = c, e, int(num_levels)
+        self.timesteps, self.randsteps, self.time_difference = int(timesteps), int(randsteps), time_difference
+        self.bit_scale, self.with_aux = float(bit_scale), bool(with_aux)
+        self.sample_range = tuple(float(v) for v in sample_range)
+        self.invalid_value = invalid_value
+        self.clamp_returned_depth = bool(clamp_returned_depth)
+        self.sample_rules = {t: sample_rule(i) for t, i in self.task_infos.items()}
+        # the sal-like tasks keep their own E channels; the others are fused to C by embed_all
+        self.separate_tasks = [t for t, i in self.task_infos.items() if i.embed_separately]
+        self.fused_tasks = [t for t, i in self.task_infos.items() if not i.embed_separately]
+        self.noisy_channels = e * len(self.separate_tasks) + (c if self.fused_tasks else 0)
+        outs = {t: int(i.num_outputs) for t, i in self.task_infos.items()}
+
+        # Registration order as in the original state dicts.
+        if self.with_aux:
+            self.aux_heads = nn.ModuleDict({
+                t: nn.Sequential(self.build_aux_body(t), nn.Conv2d(c, outs[t], 3, padding=1)) for t in self.tasks})
+        self.embedding_tables = nn.ModuleDict({
+            t: nn.Embedding(i.num_classes + 1, e) if i.is_discrete else nn.Conv2d(outs[t], e, 1)
+            for t, i in self.task_infos.items()})
+        self.invalid_embedding_tables = nn.ModuleDict({
+            t: nn.Embedding(1, e) for t, i in self.task_infos.items() if not i.is_discrete})
+        self.pred_heads = nn.ModuleDict({t: nn.Conv2d(c, outs[t], 3, padding=1) for t in self.tasks})
+        self.embed_all = nn.Conv2d(e * len(self.fused_tasks), c, 1) if self.fused_tasks else None
+        self.transforms = NoisyInputFusion(c, self.noisy_channels, self.num_levels)
+        self.time_mlp = build_time_mlp(c, learned_sinusoidal_dim)
+        self.encoders = nn.ModuleList(
+            nn.ModuleDict({t: CondConvMLP(c, c, c, c, residual=True) for t in self.tasks})
+            for _ in range(module_layer))
+        self.fpn_encoder = CrossTaskFPN(self.tasks, c, c, self.num_levels, self.build_feat_task)
+
+    # ---------------------------------------------------------------------------------- hooks
+    def build_feat_task(self, level: int) -> nn.Module:
+        return nn.ModuleDict({t: task_feat_block(self.embed_dim) for t in self.tasks})
+
+    def build_aux_body(self, task: str) -> nn.Module:
+        return ConvMLP(self.num_levels * self.embed_dim, self.embed_dim)
+
+    def clean_task_features(self, levels: Sequence[torch.Tensor], generator: torch.Generator | None = None,
+                            **hook_kwargs) -> tuple[list[dict], dict]:
+        if hook_kwargs:
+            raise TypeError(f"TaskDiffusionHead got unexpected arguments {sorted(hook_kwargs)}")
+        feat_task = self.fpn_encoder.feat_task
+        return [{t: feat_task[l][t](x) for t in self.tasks} for l, x in enumerate(levels)], {}
+
+    # ------------------------------------------------------------------------ label encoding
+    def _embed_index(self, task: str, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_tables[task](labels).permute(0, 3, 1, 2)  # b h w e -> b e h w
+
+    def _fuse_embeddings(self, embs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[separate embeddings (E each) | embed_all(concat(others)) (C)] -> bits, B×M×h×w."""
+        parts = [embs[t] for t in self.separate_tasks]
+        if self.fused_tasks:
+            parts.append(self.embed_all(torch.cat([embs[t] for t in self.fused_tasks], dim=1)))
+        return to_bits(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], self.bit_scale)
+
+    def encode_labels(self, targets: Mapping[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Ground truths (B×C×H×W, as in a batch) -> clean latent bits x0, B×M×h×w (spec §4.4)."""
+        embs = {}
+        for t, info in self.task_infos.items():
+            if t not in targets:
+                raise KeyError(f"training forward: no ground truth for task {t!r} in targets "
+                               f"(have {sorted(targets)})")
+            gt = targets[t].float()
+            if info.is_discrete:
+                lab = F.interpolate(gt, size=tuple(size), mode="nearest")[:, 0].long()  # b h w
+                lab = torch.where(lab == int(info.ignore_value), torch.full_like(lab, info.num_classes), lab)
+                embs[t] = self._embed_index(t, lab)
+            else:
+                # share of channels marked invalid (the original tests 255 for every continuous task;
+                # depth's 0 stays a value here, it is masked only in the loss)
+                invalid = (gt == self.invalid_value).float().mean(dim=1, keepdim=True)  # b 1 H W
+                g = upsample_bilinear(gt, size)
+                m = upsample_bilinear(invalid, size)
+                e_inv = self.invalid_embedding_tables[t].weight.view(1, -1, 1, 1)
+                embs[t] = m * e_inv + (1 - m) * self.embedding_tables[t](g)
+        return self._fuse_embeddings(embs)
+
+    def prediction_labels(self, task: str, logits: torch.Tensor) -> torch.Tensor:
+        """A prediction mapped back to label space: class indices (B×h×w) or values (B×C×h×w)."""
+        rule = self.sample_rules[task]
+        kind = rule[0]
+        if kind == "argmax":
+            return logits.argmax(dim=1)
+        if kind == "threshold":
+            return (torch.softmax(logits, dim=1)[:, 1] > rule[1]).long()
+        if kind == "clamp":
+            return logits.clamp(rule[1], rule[2])
+        if kind == "sigmoid":
+            return torch.sigmoid(logits)
+        if kind == "l2":
+            return F.normalize(logits, p=2, dim=1)
+        if kind == "identity":
+            return logits
+        raise ValueError(f"task {task!r}: unknown sample rule {rule!r}")
+
+    def encode_predictions(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Predicted logits -> bits x̂0 (spec §4.9 step 4; no invalid-embedding blend at inference)."""
+        embs = {}
+        for t, info in self.task_infos.items():
+            lab = self.prediction_labels(t, logits[t])
+            embs[t] = self._embed_index(t, lab) if info.is_discrete else self.embedding_tables[t](lab)
+        return self._fuse_embeddings(embs)
+
+    # ----------------------------------------------------------------------------- decoder core
+    def split_levels(self, features: torch.Tensor) -> list[torch.Tensor]:
+        if features.shape[1] != self.num_levels * self.embed_dim:
+            raise ValueError(f"head: features have {features.shape[1]} channels, expected "
+                             f"{self.num_levels}×{self.embed_dim} (levels × final_embed_dim)")
+        return list(features.chunk(self.num_levels, dim=1))
+
+    def decode(self, fused: Sequence[torch.Tensor], temb: torch.Tensor, clean: Sequence[dict],
+               upsample: bool) -> dict[str, torch.Tensor]:
+        """Spec §4.7 steps 2-6: gating FPN, refinement (×4 before the last layer if upsample), heads."""
+        x = self.fpn_encoder(fused, temb, clean)
+        h, w = fused[0].shape[-2:]
+        last = len(self.encoders) - 1
+        for k, layer in enumerate(self.encoders):
+            up = upsample and k == last
+            for t in self.tasks:
+                xt = upsample_bilinear(x[t], (4 * h, 4 * w)) if up else x[t]
+                x[t] = layer[t](xt, temb)
+        return {t: self.pred_heads[t](x[t]) for t in self.tasks}
+
+    def aux_forward(self, clean: Sequence[dict], size: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Aux logits from the ×4-upsampled concat of the clean levels of each task (spec §4.8 step 6)."""
+        return {t: self.aux_heads[t](upsample_bilinear(torch.cat([p[t] for p in clean], dim=1), size))
+                for t in self.tasks}
+
+    # --------------------------------------------------------------------------------- training
+    def forward_train(self, features: torch.Tensor, targets: Mapping[str, torch.Tensor],
+                      times: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None, return_intermediates: bool = False,
+                      **hook_kwargs) -> dict:
+        """Training forward (spec §4.8) on features B×(L·C)×h×w; returns logits at 4h×4w.
+
+        times (B,) and noise (B×M×h×w) may be injected; otherwise they are drawn (times first, then
+        noise, in the original's layout) from `generator` or the global RNG.
+        """
+        b, _, h, w = features.shape
+        levels = self.split_levels(features)
+        x0 = self.encode_labels(targets, (h, w))  # b m h w
+        if times is None:
+            times = draw_train_times(b, features.device, generator, self.sample_range)
+        elif tuple(times.shape) != (b,):
+            raise ValueError(f"forward_train: times must have shape ({b},), got {tuple(times.shape)}")
+        if noise is None:
+            noise = draw_train_noise(x0.shape, features.device, generator)
+        check_noise(noise, x0.shape, "forward_train")
+        times = times.to(features.device, torch.float32)
+        lam = logsnr_cosine(times)
+        z = noise_latent(x0, lam, noise.to(x0.device))
+        temb = self.time_mlp(lam)
+        fused = self.transforms(levels, z)
+        clean, info = self.clean_task_features(levels, generator=generator, **hook_kwargs)
+        out = {"pred": self.decode(fused, temb, clean, upsample=True)}
+        if self.with_aux:
+            out["aux"] = self.aux_forward(clean, (4 * h, 4 * w))
+        out.update(info)
+        if return_intermediates:
+            out["intermediates"] = {"times": times, "noise": noise, "gt_bits": x0, "noised_gt": z}
+        return out
+
+    # --------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, features: torch.Tensor, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, return_intermediates: bool = False,
+               **hook_kwargs) -> dict:
+        """DDIM sampling (spec §4.9). Returns {'pred': {task: B×K×4h×4w}} (averaged over randsteps).
+
+        noise: the initial noisy map, (randsteps·B)×M×h×w; drawn with one torch.randn otherwise.
+        The final DDIM update of the original is skipped: its result is never used.
+        """
+        b, _, h, w = features.shape
+        r = self.randsteps
+        feats = features.repeat(r, 1, 1, 1) if r > 1 else features  # (r b) (L c) h w
+        levels = self.split_levels(feats)
+        shape = (r * b, self.noisy_channels, h, w)
+        z = draw_sample_noise(shape, features.device, generator) if noise is None else \
+            check_noise(noise, shape, "sample").to(features.device)
+        pairs = ddim_time_pairs(self.timesteps, self.time_difference)
+        clean, mask_t, logits = None, [], {}
+        for s, (t_now, t_next) in enumerate(pairs):
+            last = s == len(pairs) - 1
+            mask_t.append(z)
+            lam = logsnr_cosine(torch.full((r * b,), t_now, device=features.device))
+            temb = self.time_mlp(lam)
+            fused = self.transforms(levels, z)
+            if clean is None:  # clean task features depend on the backbone only: computed once
+                clean, _ = self.clean_task_features(levels, generator=generator, **hook_kwargs)
+            logits = self.decode(fused, temb, clean, upsample=last)
+            if last:
+                break
+            x0 = self.encode_predictions(logits)
+            lam_next = logsnr_cosine(torch.full((r * b,), t_next, device=features.device))
+            z = ddim_step(z, x0, lam, lam_next)
+        if self.clamp_returned_depth:
+            # the original clamps in place while re-encoding, so its returned logits are clamped
+            for t, rule in self.sample_rules.items():
+                if rule[0] == "clamp":
+                    logits[t] = self.prediction_labels(t, logits[t])
+        if r > 1:  # average the repeats' logits: (r b) k H W -> b k H W
+            logits = {t: v.view(r, b, *v.shape[1:]).mean(dim=0) for t, v in logits.items()}
+        out = {"pred": logits}
+        if return_intermediates:
+            out["intermediates"] = {"mask_t": mask_t, "noise": mask_t[0]}
+        return out
+
+    def forward(self, features: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None, **kwargs):
+        if targets is not None:
+            return self.forward_train(features, targets, **kwargs)
+        return self.sample(features, **kwargs)
+
+
+class TaskDiffusion(nn.Module):
+    """Backbone + diffusion head; outputs resized to the input size (bilinear, align_corners=False)."""
+
+    def __init__(self, backbone: nn.Module, heads: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+
+    @property
+    def head(self) -> nn.Module:
+        return self.heads
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images B×3×H×W -> backbone features B×(L·C)×H/16×W/16."""
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
+                noise: torch.Tensor | None = None, times: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, return_intermediates: bool = False,
+                **head_kwargs) -> dict:
+        feats = self.forward_features(images)
+        if targets is not None:
+            out = self.heads.forward_train(feats, targets, times=times, noise=noise, generator=generator,
+                                           return_intermediates=return_intermediates, **head_kwargs)
+        else:
+            if times is not None:
+                raise ValueError("times apply to the training forward only (pass targets); sampling "
+                                 "uses the fixed DDIM time pairs")
+            out = self.heads.sample(feats, noise=noise, generator=generator,
+                                    return_intermediates=return_intermediates, **head_kwargs)
+        size = images.shape[-2:]
+        for key in ("pred", "aux"):
+            if key in out:
+                out[key] = {t: upsample_bilinear(v, size) for t, v in out[key].items()}
+        if return_intermediates:
+            out["intermediates"]["backbone_feat"] = feats
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Building from a config
+# --------------------------------------------------------------------------------------------------
+
+
+def _get(cfg, key, default=None):
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def config_task_infos(cfg) -> dict:
+    """{task: TaskInfo} for cfg.TASKS.NAMES on cfg.db_name, in canonical order."""
+    db = _get(cfg, "db_name") or _get(cfg, "train_db_name")
+    tasks_cfg = _get(cfg, "TASKS")
+    names = _get(tasks_cfg, "NAMES") if tasks_cfg is not None else None
+    if not db or not names:
+        raise ValueError("config needs db_name (or train_db_name) and TASKS.NAMES to build the model")
+    return task_infos(db, names)
+
+
+def head_kwargs_from_config(cfg, num_levels: int = 4) -> dict:
+    """TaskDiffusionHead constructor arguments from a config (shared with subclasses' builders)."""
+    bit_scales = _get(cfg, "bit_scales") or {"all": 0.01}
+    return dict(
+        task_infos=config_task_infos(cfg),
+        embed_dim=int(_get(cfg, "final_embed_dim")),
+        num_levels=num_levels,
+        timesteps=int(_get(cfg, "timesteps", 3)),
+        randsteps=int(_get(cfg, "randsteps", 1)),
+        bit_scale=float(_get(bit_scales, "all", 0.01)),
+        module_layer=int(_get(cfg, "module_layer", 3)),
+        with_aux=bool(_get(cfg, "with_aux", True)),
+        invalid_value=_get(cfg, "ignore_index", 255),
+        clamp_returned_depth=bool(_get(cfg, "clamp_returned_depth", True)),
+    )
+
+
+def build_taskdiffusion_model(cfg, head_cls: type = TaskDiffusionHead, **extra_head_kwargs) -> TaskDiffusion:
+    """Backbone from cfg (models.backbone) + `head_cls` built from the same config."""
+    if _get(cfg, "final_embed_dim") is None:
+        raise ValueError("config needs final_embed_dim (the decoder width C)")
+    backbone = build_backbone(cfg)
+    heads = head_cls(**head_kwargs_from_config(cfg, backbone.num_levels), **extra_head_kwargs)
+    return TaskDiffusion(backbone, heads)

@@ -1,0 +1,161 @@
+"""Convert an original TaskDiffusion checkpoint into one this project loads with `strict=True`.
+
+The original saves `{'model': ddp_model.state_dict(), ...}`: every key carries DDP's `module.`
+prefix. This project keeps the original module names (`backbone.*`, `heads.*`), so conversion is:
+strip the prefix, drop nothing, and check every name and shape against the model built from the
+config. Any unknown, missing or mis-shaped key stops the conversion with a list of them: a silent
+partial load would evaluate a half-random model.
+
+Usage:
+    python tools/convert_official_checkpoint.py --input best_model.pth.tar --output converted.pth \
+        --config configs/pascal/vitL.yml
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DDP_PREFIX = "module."
+# Renames from the original's names to ours (none needed: names are kept; the table exists so a
+# future rename stays a one-line change here).
+KEY_RENAMES: dict[str, str] = {}
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not fit the model; the message lists what differs."""
+
+
+def extract_state_dict(ckpt) -> "OrderedDict[str, torch.Tensor]":
+    """The model state dict from `{'model': sd, ...}`, `{'state_dict': sd}` or a bare state dict."""
+    if isinstance(ckpt, Mapping):
+        for key in ("model", "state_dict"):
+            if key in ckpt and isinstance(ckpt[key], Mapping):
+                return OrderedDict(ckpt[key])
+        if all(torch.is_tensor(v) for v in ckpt.values()):
+            return OrderedDict(ckpt)
+    raise ConversionError("checkpoint holds no state dict: expected {'model': state_dict}, "
+                          "{'state_dict': state_dict} or a plain name -> tensor mapping")
+
+
+def rename_keys(sd: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Strip DDP's `module.` prefix and apply KEY_RENAMES."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        name = k[len(DDP_PREFIX):] if k.startswith(DDP_PREFIX) else k
+        for old, new in KEY_RENAMES.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+        if name in out:
+            raise ConversionError(f"two checkpoint keys map to {name!r} (with and without '{DDP_PREFIX}'?)")
+        out[name] = v
+    return out
+
+
+def _list(items, limit: int = 20) -> str:
+    items = list(items)
+    shown = "\n    ".join(items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n    {shown}{more}"
+
+
+def convert_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """Map an original state dict onto `model` (which may live on the meta device; only names and
+    shapes are read). Returns the renamed state dict; raises ConversionError listing unknown keys,
+    missing keys and shape mismatches."""
+    sd = rename_keys(sd)
+    expected = model.state_dict()
+    unknown = [k for k in sd if k not in expected]
+    missing = [k for k in expected if k not in sd]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if unknown or missing or shapes:
+        msg = ["the checkpoint does not match the model built from the config "
+               "(wrong config for this checkpoint? e.g. ViT-L vs ViT-B, MLoRE vs plain, PASCAL vs NYUD, "
+               "final_embed_dim or crop size):"]
+        if unknown:
+            msg.append(f"  {len(unknown)} unknown key(s) in the checkpoint:{_list(unknown)}")
+        if missing:
+            msg.append(f"  {len(missing)} key(s) of the model missing from the checkpoint:{_list(missing)}")
+        if shapes:
+            msg.append(f"  {len(shapes)} shape mismatch(es):{_list(shapes)}")
+        raise ConversionError("\n".join(msg))
+    return OrderedDict((k, sd[k]) for k in expected)  # the model's order
+
+
+def build_reference_model(cfg) -> nn.Module:
+    """The model of `cfg` on the meta device (names and shapes only, no memory, no weight files)."""
+    from models import build_model
+
+    cfg = dict(cfg)
+    cfg["backbone_weights"] = None
+    try:
+        from easydict import EasyDict
+        cfg = EasyDict(cfg)
+    except ImportError:  # pragma: no cover
+        pass
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="original checkpoint ({'model': state_dict} with module. keys)")
+    parser.add_argument("--output", required=True, help="where to write the converted checkpoint (.pth)")
+    parser.add_argument("--config", help="experiment config of the checkpoint; verifies every key and shape")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value (as main.py)")
+    args = parser.parse_args(argv)
+
+    src = Path(args.input)
+    if not src.is_file():
+        print(f"error: input checkpoint {src} does not exist", file=sys.stderr)
+        return 2
+    try:
+        ckpt = torch.load(str(src), map_location="cpu", weights_only=True)
+    except Exception as exc:  # old pickles with extra objects
+        print(f"note: weights-only load failed ({type(exc).__name__}); retrying with a full unpickle "
+              f"(only do this for checkpoints you trust)", file=sys.stderr)
+        ckpt = torch.load(str(src), map_location="cpu", weights_only=False)
+    try:
+        sd = extract_state_dict(ckpt)
+        if args.config:
+            from utils.config import load_config
+            cfg = load_config(args.config, opts=args.opts)
+            sd = convert_state_dict(sd, build_reference_model(cfg))
+            print(f"verified {len(sd)} tensors against {args.config}")
+        else:
+            sd = rename_keys(sd)
+            print("warning: no --config given: names were converted but NOT verified against a model",
+                  file=sys.stderr)
+    except ConversionError as exc:
+        print(f"error: {src}: {exc}", file=sys.stderr)
+        return 1
+    _atomic_save({"model": sd, "converted_from": str(src)}, Path(args.output))
+    print(f"wrote {args.output} ({len(sd)} tensors); load with model.load_state_dict(ckpt['model'], strict=True)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
