@@ -58,7 +58,8 @@ def _scale(cfg, split, db_name):
     section = _get(cfg, "TRAIN" if split in TRAIN_SPLITS else "TEST", {})
     scale = _get(section, "SCALE", DEFAULT_SCALE[db_name])
     if len(scale) != 2 or min(int(scale[0]), int(scale[1])) <= 0:
-        raise DatasetError(f"cfg.{'TRAIN' if split in TRAIN_SPLITS else 'TEST'}.SCALE must be [H, W] > 0, got {scale!r}")
+        where = "TRAIN" if split in TRAIN_SPLITS else "TEST"
+        raise DatasetError(f"cfg.{where}.SCALE must be [H, W] with H, W > 0, got {scale!r}")
     return int(scale[0]), int(scale[1])
 
 

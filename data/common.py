@@ -16,6 +16,7 @@ import numpy as np
 # Where each canonical dataset name lives under db_root, and where its tarball comes from.
 DATASET_FOLDERS = {"PASCALContext": "PASCALContext", "NYUD": "NYUDv2"}
 TARBALLS = {"PASCALContext": "PASCALContext.tar.gz", "NYUD": "NYUDv2.tar.gz"}
+ATRC_URL = "https://data.vision.ee.ethz.ch/brdavid/atrc/"  # where ATRC's README points for the tarballs
 SYNTHETIC_NAMES = {"PASCALContext": "pascal", "NYUD": "nyud"}
 
 # Short trees of the expected on-disk layouts (spec §1.2, §1.3), shown when the folder is missing.
@@ -50,8 +51,9 @@ def missing_root_message(db_name: str, looked_at: Path) -> str:
     return (
         f"{db_name} dataset not found: looked for the folder {looked_at}\n"
         f"Expected layout:\n{LAYOUTS[db_name]}\n"
-        f"Get it from ATRC's data release (https://github.com/brdav/atrc, 'Data' section): download "
-        f"{TARBALLS[db_name]} and extract it under a root folder so that <root>/{folder}/ exists.\n"
+        f"Get it from ATRC's data release (linked from https://github.com/brdav/atrc): download "
+        f"{ATRC_URL}{TARBALLS[db_name]} and extract it (tar xzf) inside a root folder, so that "
+        f"<root>/{folder}/ exists.\n"
         f"Set the root (the folder that CONTAINS {folder}/) in one of three ways, highest priority first:\n"
         f"  1. the command-line flag  --data_root /path/to/root\n"
         f"  2. the environment variable  TASKDIFFUSION_DATA=/path/to/root\n"

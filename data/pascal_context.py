@@ -14,6 +14,7 @@ dataset may be read-only) in `<cache>/PASCALContext-<hash of the dataset path>/`
                              or the .mat files' sizes/mtimes change.
   labelmap/<id>.npz          edge map and normals-valid mask (bit-packed), computed on first use.
   parts/<id>.npz             the 6-group human-part map of images that have parts, on first use.
+In memory, only the last sample's LabelMap products are kept (edge and normals both need them).
 Each npz stores the (size, mtime) of its source .mat and is recomputed when that changes. Files are
 written atomically, so DataLoader workers and ranks may fill the cache concurrently. With
 `disk_cache=False` (or an unwritable cache folder) the same values are computed on every read.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -177,6 +177,7 @@ class PASCALContext(MultiTaskDataset):
         self.disk_cache = disk_cache
         self.cache = dataset_cache_dir(default_cache_root(cache_dir), self.db_name, self.root)
         self._progress = progress
+        self._last_labelmap = (None, None)
         self._check_files()
         self.part_index = self._load_part_index() if "human_parts" in self.tasks else {}
         self.has_parts = {sid: HUMAN_PARTS_CATEGORY in cl for sid, cl in self.part_index.items()}
@@ -269,10 +270,20 @@ class PASCALContext(MultiTaskDataset):
 
     # per-sample derived maps (cached) -------------------------------------------------------------
     def _labelmap_products(self, sid):
-        """(edge bool H×W, normals-valid bool H×W) from the LabelMap, via the disk cache."""
+        """(edge bool H×W, normals-valid bool H×W) from the LabelMap, via the disk cache.
+
+        The last result is also kept in memory: edge and normals of one sample need it twice in a row.
+        """
+        stamp = file_stamp(self.labelmap_path(sid))
+        if self._last_labelmap[0] == (sid, stamp):
+            return self._last_labelmap[1]
+        out = self._labelmap_products_uncached(sid, stamp)
+        self._last_labelmap = ((sid, stamp), out)
+        return out
+
+    def _labelmap_products_uncached(self, sid, stamp):
         src = self.labelmap_path(sid)
         cpath = self.cache / "labelmap" / f"{sid}.npz"
-        stamp = file_stamp(src)
         if self.disk_cache and cpath.is_file():
             try:
                 with np.load(cpath) as z:

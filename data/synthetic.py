@@ -9,7 +9,8 @@ padding): a background of two or three "stuff" regions (some of them normals-val
 classes, some not) and 1–4 objects of six VOC classes (person, car, cat, bottle, tvmonitor, sofa), each
 with its own shape, colour and texture, placed on the ground plane and drawn back to front. Persons are
 built from PASCAL-Part parts (head, hair, neck, torso, arms, hands, legs, feet) with part-dependent
-colours; a few persons carry no part annotation and some images have none. Normals come from the
+colours; a few persons carry no part annotation; every third image (idx % 3 == 0) has a person, the next one
+none. Normals come from the
 geometry (ground plane tilted toward the camera, walls facing it, ellipsoids, cylinders, boxes), the
 image is shaded with them, saliency marks the objects, the LabelMap carries PASCAL-Context ids from
 which the reader derives edges and the normals mask.
@@ -106,7 +107,7 @@ VOC_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bu
              "train", "tvmonitor")
 PERSON, CAR, CAT, BOTTLE, TV, SOFA = 15, 7, 8, 5, 20, 18
 OBJECT_CLASSES = (PERSON, CAR, CAT, BOTTLE, TV, SOFA)
-OBJECT_PROBS = (0.34, 0.14, 0.13, 0.13, 0.13, 0.13)
+OBJECT_PROBS = (0.3, 0.14, 0.14, 0.14, 0.14, 0.14)
 GROUND_NORMAL = _unit([0.0, 0.9, 0.44])
 FACING = np.array([0.0, 0.0, 1.0], np.float32)
 LIGHT = _unit([-0.4, 0.6, 0.7])
@@ -303,8 +304,9 @@ def _render_pascal(rng, h, w, idx):
     lower = STUFF_LOWER[rng.integers(len(STUFF_LOWER))]
     label_map = np.where(cv.yy < horizon, upper[0], lower[0]).astype(np.uint16)
     normals = np.where((cv.yy < horizon)[..., None], FACING, GROUND_NORMAL).astype(np.float32)
-    albedo = np.where((cv.yy < horizon)[..., None], np.asarray(upper[1], np.float32) * _texture(cv, upper[2], rng)[..., None],
-                      np.asarray(lower[1], np.float32) * _texture(cv, lower[2], rng)[..., None])
+    sky = np.asarray(upper[1], np.float32) * _texture(cv, upper[2], rng)[..., None]
+    ground = np.asarray(lower[1], np.float32) * _texture(cv, lower[2], rng)[..., None]
+    albedo = np.where((cv.yy < horizon)[..., None], sky, ground)
     if rng.random() < 0.4:  # a building-like block standing on the horizon
         bx = rng.uniform(0, 0.7) * w
         block = cv.box(horizon * rng.uniform(0.2, 0.6), horizon, bx, bx + rng.uniform(0.15, 0.3) * w)
@@ -314,8 +316,10 @@ def _render_pascal(rng, h, w, idx):
 
     n_obj = int(rng.integers(1, 5))
     classes = list(rng.choice(OBJECT_CLASSES, size=n_obj, p=OBJECT_PROBS))
-    if idx % 3 == 0 and PERSON not in classes:  # persons in at least a third of the images
+    if idx % 3 == 0:  # a person in every third image, none in the next: both cases always occur
         classes[0] = PERSON
+    elif idx % 3 == 1:
+        classes = [c if c != PERSON else OBJECT_CLASSES[1 + (idx + k) % 5] for k, c in enumerate(classes)]
     objs = []
     for k, cls in enumerate(classes):
         foot = rng.uniform(horizon + 0.12 * (h - horizon), h * 1.02)
@@ -488,17 +492,19 @@ def _render_nyud(rng, h, w, idx):
     hitpt[:] = d * depth[..., None]
     # textures from world coordinates give perspective cues
     planks = 0.85 + 0.15 * (np.floor(hitpt[..., 0] * 4) % 2)
-    checker = 0.8 + 0.2 * ((np.floor(hitpt[..., 0] * 5) + np.floor(hitpt[..., 1] * 5) + np.floor(hitpt[..., 2] * 5)) % 2)
+    checker = 0.8 + 0.2 * (np.floor(hitpt * 5).sum(-1) % 2)
     stripes = 0.8 + 0.2 * (np.floor(hitpt[..., 1] * 6) % 2)
     texm = np.ones((h, w), np.float32)
+    patterns = {"planks": planks, "checker": checker, "hstripes": stripes, "vstripes": planks, "dots": checker}
     for lab, kind in NYU_TEXTURE.items():
         m = label == lab
-        texm[m] = {"planks": planks, "checker": checker, "hstripes": stripes, "vstripes": planks, "dots": checker}[kind][m]
+        texm[m] = patterns[kind][m]
     n_cam = normal * np.array([1, 1, -1], np.float32)  # stored frame: z toward the camera
     light = _unit(np.array([0.3, 1.2, 0.5], np.float32) - hitpt)  # point light near the ceiling
     diffuse = np.clip((normal * light).sum(-1), 0, 1)
     shade = (0.35 + 0.65 * diffuse) * (1.0 / (1.0 + 0.05 * depth))
-    image = np.clip(albedo * texm[..., None] * shade[..., None] + rng.normal(0, 3.0, (h, w, 3)), 0, 255).astype(np.uint8)
+    image = albedo * texm[..., None] * shade[..., None] + rng.normal(0, 3.0, (h, w, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
 
     seg = label.copy()
     for _ in range(int(rng.integers(1, 3))):  # unlabeled blobs (value 0 → ignore after decoding)
@@ -577,8 +583,10 @@ def _write_pascal(root: Path, sid: str, s: dict, palette):
     if s["semseg_folder"] == "VOC12":  # palette PNG like the real VOC labels: stored values are the ids
         seg.putpalette(palette)
     seg.save(root / "semseg" / s["semseg_folder"] / f"{sid}.png")
-    sio.savemat(root / "pascal-context" / "trainval" / f"{sid}.mat", {"LabelMap": s["label_map"]})
-    sio.savemat(root / "human_parts" / f"{sid}.mat", {"anno": _anno_struct(f"{sid}.jpg", s["objects"])})
+    sio.savemat(root / "pascal-context" / "trainval" / f"{sid}.mat", {"LabelMap": s["label_map"]},
+                do_compression=True)
+    sio.savemat(root / "human_parts" / f"{sid}.mat", {"anno": _anno_struct(f"{sid}.jpg", s["objects"])},
+                do_compression=True)
     Image.fromarray(s["normals_png"]).save(root / "normals_distill" / f"{sid}.png")
     Image.fromarray(s["sal_png"]).save(root / "sal_distill" / f"{sid}.png")
 
@@ -632,7 +640,8 @@ def generate(dataset: str, out, n_train: int, n_val: int, seed: int = 0, size=No
         if marker == params:
             return root
         if marker is None:
-            raise FileExistsError(f"{root} exists and is not a synthetic dataset (no {MARKER}); refusing to write into it")
+            raise FileExistsError(f"{root} exists and is not a synthetic dataset (no {MARKER}); "
+                                  f"refusing to write into it")
         if not overwrite:
             raise FileExistsError(f"{root} holds a synthetic dataset with other parameters ({marker}); "
                                   f"pass overwrite=True (--overwrite) to replace it")
@@ -682,7 +691,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if existed == read_marker(path):
-        print(f"{path} already holds this synthetic set ({args.train} train / {args.val} val, seed {args.seed}); nothing to do")
+        print(f"{path} already holds this synthetic set ({args.train} train / {args.val} val, "
+              f"seed {args.seed}); nothing to do")
     else:
         print(f"wrote {args.train} train + {args.val} val synthetic {args.dataset} images to {path} "
               f"in {time.perf_counter() - t0:.1f} s")

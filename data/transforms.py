@@ -298,7 +298,8 @@ class AddIgnoreRegions:
         return sample
 
     def __repr__(self) -> str:
-        return f"AddIgnoreRegions(zero_vector_keys={self.zero_vector_keys}, all_background_keys={self.all_background_keys})"
+        return (f"AddIgnoreRegions(zero_vector_keys={self.zero_vector_keys}, "
+                f"all_background_keys={self.all_background_keys})")
 
 
 class ToTensor:

@@ -1,0 +1,192 @@
+"""PASCAL-Context reader: every modality decoded as spec §1.2 says, checked against the generator's truth."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io as sio
+from scipy.ndimage import convolve
+from skimage.morphology import thin
+
+from data.pascal_context import (
+    HUMAN_PART_GROUPS,
+    NORMALS_VALID_IDS,
+    PASCALContext,
+    human_parts_from_anno,
+    part_index_entry,
+)
+from data.synthetic import _anno_struct, render_scene, sample_index
+
+SEED = 3
+
+
+def _truth(sid):
+    return render_scene("pascal", SEED, sample_index("pascal", sid))
+
+
+def _edges_reference(label_map):
+    """Spec §1.2.1 written independently: Laplacian kernel with reflect-101 borders, ≠ 0, thinning."""
+    k = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
+    lap = convolve(label_map.astype(np.float64), k, mode="mirror")  # scipy 'mirror' = reflect-101
+    return thin(lap != 0)
+
+
+@pytest.fixture(scope="module")
+def train_set(synth_root, tmp_path_factory):
+    return PASCALContext(synth_root, "train", cache_dir=tmp_path_factory.mktemp("pcache"))
+
+
+def test_sample_structure(train_set):
+    s = train_set[0]
+    assert list(s) == ["image", "semseg", "human_parts", "sal", "normals", "edge", "meta"]
+    h, w = s["meta"]["img_size"]
+    assert s["image"].shape == (h, w, 3) and s["image"].dtype == np.float32
+    for t in ("semseg", "human_parts", "sal", "edge"):
+        assert s[t].shape == (h, w, 1) and s[t].dtype == np.float32, t
+    assert s["normals"].shape == (h, w, 3) and s["normals"].dtype == np.float32
+    assert s["meta"]["img_name"] == train_set.ids[0]
+
+
+def test_every_modality_matches_the_generator(train_set):
+    sizes, folders = set(), set()
+    for i in range(len(train_set)):
+        s = train_set[i]
+        sid = s["meta"]["img_name"]
+        g = _truth(sid)
+        sizes.add(s["meta"]["img_size"])
+        folders.add(g["semseg_folder"])
+        assert s["meta"]["img_size"] == g["image"].shape[:2]
+        # JPEG is lossy (and the synthetic images are noisy): close, not equal; R/B swapped would be ~60
+        assert np.abs(s["image"] - g["image"].astype(np.float32)).mean() < 8.0
+        np.testing.assert_array_equal(s["semseg"][..., 0], g["semseg"])
+        np.testing.assert_array_equal(s["human_parts"][..., 0], g["human_parts"])
+        np.testing.assert_array_equal(s["sal"][..., 0], g["sal"])
+        # normals: 2v/255 − 1 where the LabelMap class is normals-valid, zero elsewhere
+        valid = np.isin(g["label_map"], NORMALS_VALID_IDS)
+        decoded = 2.0 * g["normals_png"].astype(np.float32) / 255.0 - 1.0
+        np.testing.assert_allclose(s["normals"][valid], decoded[valid], atol=1e-6)
+        assert np.all(s["normals"][~valid] == 0)
+        norms = np.linalg.norm(s["normals"][valid], axis=-1)
+        assert np.all(np.abs(norms - 1) < 0.02)
+        np.testing.assert_array_equal(s["edge"][..., 0].astype(bool), _edges_reference(g["label_map"]))
+    assert len(sizes) > 1, "the synthetic set should have several image sizes"
+    assert folders == {"VOC12", "pascal-context"}, "both semseg folders must be exercised"
+
+
+def test_semseg_values_and_ignore(train_set):
+    vals = set()
+    for i in range(len(train_set)):
+        vals |= set(np.unique(train_set[i]["semseg"]).tolist())
+    assert 255 in vals and 15 in vals and 0 in vals
+    assert all(v == 255 or 0 <= v <= 20 for v in vals)
+
+
+def test_human_parts_and_part_index(train_set):
+    # the generator puts a person in every third image and leaves some persons unannotated
+    with_parts = [sid for sid in train_set.ids if _truth(sid)["has_human_parts"]]
+    assert with_parts, "at least one image with human parts"
+    for sid in train_set.ids:
+        g = _truth(sid)
+        idx = train_set.part_index[sid]
+        assert len(idx) == len(g["objects"])
+        for cls, rec in zip(idx, g["objects"]):
+            assert cls == (rec["class_ind"] if rec["mask"].sum() > 0 else -1)
+    s = train_set[train_set.ids.index(with_parts[0])]
+    assert set(np.unique(s["human_parts"]).tolist()) <= set(range(7))
+    assert len(np.unique(s["human_parts"])) >= 4  # head, torso, arms, legs on a person
+
+
+def test_part_mapping_table_matches_spec():
+    groups = {}
+    for name, g in HUMAN_PART_GROUPS.items():
+        groups.setdefault(g, set()).add(name)
+    assert len(HUMAN_PART_GROUPS) == 24
+    assert groups[1] == {"hair", "head", "lear", "rear", "lebrow", "rebrow", "leye", "reye", "mouth", "nose"}
+    assert groups[2] == {"neck", "torso"}
+    assert groups[3] == {"luarm", "ruarm"}
+    assert groups[4] == {"llarm", "rlarm", "lhand", "rhand"}
+    assert groups[5] == {"luleg", "ruleg"}
+    assert groups[6] == {"llleg", "rlleg", "lfoot", "rfoot"}
+
+
+def test_anno_parsing_rules(tmp_path):
+    """Later persons overwrite earlier ones; non-persons and persons without parts are skipped."""
+    h, w = 6, 8
+    a = np.zeros((h, w), np.uint8)
+    a[1:4, 1:4] = 1
+    b = np.zeros((h, w), np.uint8)
+    b[2:5, 2:6] = 1
+    records = [
+        {"class": "cat", "class_ind": 8, "mask": a, "parts": [("head", a)]},  # not a person: ignored
+        {"class": "person", "class_ind": 15, "mask": a, "parts": [("torso", a), ("lhand", a & 0)]},
+        {"class": "person", "class_ind": 15, "mask": b, "parts": []},  # no part annotation: skipped
+        {"class": "person", "class_ind": 15, "mask": b, "parts": [("rfoot", b)]},
+        {"class": "person", "class_ind": 15, "mask": np.zeros((h, w), np.uint8), "parts": []},
+    ]
+    path = tmp_path / "x.mat"
+    sio.savemat(path, {"anno": _anno_struct("x.jpg", records)})
+    anno = sio.loadmat(path)["anno"]
+    assert part_index_entry(anno, path, "x") == [8, 15, 15, 15, -1]
+    out = human_parts_from_anno(anno, path, "x")
+    expect = np.zeros((h, w), np.uint8)
+    expect[a.astype(bool)] = 2
+    expect[b.astype(bool)] = 6
+    np.testing.assert_array_equal(out, expect)
+    # no qualifying person at all → None (the reader then returns an all-zero map)
+    sio.savemat(path, {"anno": _anno_struct("x.jpg", records[:1] + records[2:3])})
+    assert human_parts_from_anno(sio.loadmat(path)["anno"], path, "x") is None
+
+
+def test_image_without_parts_is_all_zero(train_set):
+    no_parts = [sid for sid in train_set.ids if not _truth(sid)["has_human_parts"]]
+    assert no_parts
+    s = train_set[train_set.ids.index(no_parts[0])]
+    assert s["human_parts"].shape[:2] == s["meta"]["img_size"]
+    assert np.all(s["human_parts"] == 0)
+
+
+def test_cache_lives_outside_the_dataset_and_matches_uncached(synth_root, tmp_path):
+    before = sorted(p for p in (synth_root / "PASCALContext").rglob("*"))
+    cache = tmp_path / "c"
+    cached = PASCALContext(synth_root, "val", cache_dir=cache)
+    first = [cached[i] for i in range(len(cached))]
+    again = [cached[i] for i in range(len(cached))]  # served from the npz cache
+    plain = PASCALContext(synth_root, "val", cache_dir=tmp_path / "unused", disk_cache=False)
+    assert sorted(p for p in (synth_root / "PASCALContext").rglob("*")) == before, "dataset folder modified"
+    assert list(cache.glob("PASCALContext-*/parts_index_val.json"))
+    assert len(list(cache.glob("PASCALContext-*/labelmap/*.npz"))) == len(cached)
+    for i, (x, y) in enumerate(zip(first, again)):
+        z = plain[i]
+        for t in ("edge", "normals", "human_parts"):
+            np.testing.assert_array_equal(x[t], y[t])
+            np.testing.assert_array_equal(x[t], z[t])
+
+
+def test_stale_cache_is_recomputed(fresh_root, tmp_path):
+    cache = tmp_path / "c"
+    ds = PASCALContext(fresh_root, "train", tasks=["edge"], cache_dir=cache)
+    edge0 = ds[0]["edge"]
+    sid = ds.ids[0]
+    mat = fresh_root / "PASCALContext" / "pascal-context" / "trainval" / f"{sid}.mat"
+    lm = sio.loadmat(mat)["LabelMap"]
+    lm[:, : lm.shape[1] // 2] = 440  # a new vertical boundary
+    sio.savemat(mat, {"LabelMap": lm})
+    st = os.stat(mat)
+    os.utime(mat, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    edge1 = ds[0]["edge"]
+    assert not np.array_equal(edge0, edge1)
+    np.testing.assert_array_equal(edge1[..., 0].astype(bool), _edges_reference(lm))
+
+
+def test_laplacian_matches_opencv_default():
+    """The reader's OpenCV call is the 4-neighbour kernel with reflect-101 (spec §1.2.1)."""
+    rng = np.random.default_rng(0)
+    lm = rng.integers(0, 4, (9, 11)).astype(np.float64)
+    k = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
+    np.testing.assert_allclose(cv2.Laplacian(lm, cv2.CV_64F), convolve(lm, k, mode="mirror"))
+
+
+def test_subset_of_tasks(synth_root, tmp_path):
+    ds = PASCALContext(synth_root, "val", tasks=["sal", "semseg"], cache_dir=tmp_path)
+    assert ds.tasks == ["semseg", "sal"]
+    assert set(ds[0]) == {"image", "semseg", "sal", "meta"}
