@@ -86,7 +86,8 @@ def test_time_embedding_values_and_names():
     lam = torch.tensor([0.5, -2.0])
     out = emb(lam)
     w = emb.weights.detach()
-    ref = torch.cat([lam[:, None], torch.sin(2 * math.pi * lam[:, None] * w), torch.cos(2 * math.pi * lam[:, None] * w)], 1)
+    ang = 2 * math.pi * lam[:, None] * w
+    ref = torch.cat([lam[:, None], torch.sin(ang), torch.cos(ang)], 1)
     torch.testing.assert_close(out, ref)
     mlp = build_time_mlp(24)
     shapes = {k: tuple(v.shape) for k, v in mlp.state_dict().items()}
