@@ -28,6 +28,7 @@ NYUD_SEMSEG_CLASSES = (
 )
 HUMAN_PARTS_CLASSES = ("background", "head", "torso", "uarm", "larm", "uleg", "lleg")
 SAL_CLASSES = ("background", "salient")
+DEPTH_MIN, DEPTH_MAX = 0.0, 80.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class TaskInfo:
     embed_separately: the label embedding bypasses the shared `embed_all` fusion conv and is kept
         as its own E channels of the noisy map (the original does this for saliency only).
     metric / higher_is_better: the headline metric used for Delta_m and best-checkpoint selection.
+    sample_rule: how a prediction becomes a label again before DDIM re-embeds it (spec §4.9 step 4):
+        ('argmax',), ('threshold', p) (class 1 iff softmax prob > p), ('clamp', lo, hi),
+        ('sigmoid',) or ('l2',) (normalise over channels).
     """
 
     name: str
@@ -52,6 +56,7 @@ class TaskInfo:
     embed_separately: bool = False
     metric: str = ""
     higher_is_better: bool = True
+    sample_rule: tuple = ("argmax",)
 
     @property
     def is_discrete(self) -> bool:
@@ -62,15 +67,19 @@ _TABLE = {
     "PASCALContext": {
         "semseg": TaskInfo("semseg", "discrete", 21, 21, 255, PASCAL_SEMSEG_CLASSES, metric="mIoU"),
         "human_parts": TaskInfo("human_parts", "discrete", 7, 7, 255, HUMAN_PARTS_CLASSES, metric="mIoU"),
-        "sal": TaskInfo("sal", "discrete", 2, 2, 255, SAL_CLASSES, embed_separately=True, metric="maxF"),
-        "normals": TaskInfo("normals", "continuous", -1, 3, 255, metric="mean", higher_is_better=False),
-        "edge": TaskInfo("edge", "continuous", -1, 1, 255, metric="odsF"),
+        "sal": TaskInfo("sal", "discrete", 2, 2, 255, SAL_CLASSES, embed_separately=True, metric="maxF",
+                        sample_rule=("threshold", 0.85)),
+        "normals": TaskInfo("normals", "continuous", -1, 3, 255, metric="mean", higher_is_better=False,
+                            sample_rule=("l2",)),
+        "edge": TaskInfo("edge", "continuous", -1, 1, 255, metric="odsF", sample_rule=("sigmoid",)),
     },
     "NYUD": {
         "semseg": TaskInfo("semseg", "discrete", 40, 40, 255, NYUD_SEMSEG_CLASSES, metric="mIoU"),
-        "depth": TaskInfo("depth", "continuous", -1, 1, 0, metric="rmse", higher_is_better=False),
-        "normals": TaskInfo("normals", "continuous", -1, 3, 255, metric="mean", higher_is_better=False),
-        "edge": TaskInfo("edge", "continuous", -1, 1, 255, metric="odsF"),
+        "depth": TaskInfo("depth", "continuous", -1, 1, 0, metric="rmse", higher_is_better=False,
+                          sample_rule=("clamp", DEPTH_MIN, DEPTH_MAX)),
+        "normals": TaskInfo("normals", "continuous", -1, 3, 255, metric="mean", higher_is_better=False,
+                            sample_rule=("l2",)),
+        "edge": TaskInfo("edge", "continuous", -1, 1, 255, metric="odsF", sample_rule=("sigmoid",)),
     },
 }
 
@@ -80,7 +89,6 @@ DEFAULT_SCALE = {"PASCALContext": (512, 512), "NYUD": (448, 576)}
 DEFAULT_EDGE_W = {"PASCALContext": 0.95, "NYUD": 0.90}
 # Boundary matching tolerance relative to the image diagonal (spec §7.3).
 EDGE_MAX_DIST = {"PASCALContext": 0.0075, "NYUD": 0.011}
-DEPTH_MIN, DEPTH_MAX = 0.0, 80.0
 
 
 def check_dataset(db_name: str) -> str:

@@ -19,32 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.tasks import DEPTH_MAX, DEPTH_MIN, TaskInfo, task_infos
+from data.tasks import TaskInfo, task_infos
 from models.backbone import build_backbone
 from models.decoder import ConvMLP, CondConvMLP, CrossTaskFPN, NoisyInputFusion, task_feat_block
 from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_pairs, draw_sample_noise,
                               draw_train_noise, draw_train_times, logsnr_cosine, noise_latent, to_bits,
                               upsample_bilinear)
 
-# How a task's prediction becomes a label again before it is re-embedded during DDIM sampling
-# (spec §4.9 step 4). Discrete tasks default to argmax, continuous ones to the raw values. These are
-# per-task properties of the original; a TaskInfo field `sample_rule` (same tuple form), if the task
-# table grows one, takes precedence over this table.
-SAMPLE_RULES = {
-    "sal": ("threshold", 0.85),  # class 1 iff softmax(logits)[1] > 0.85
-    "depth": ("clamp", DEPTH_MIN, DEPTH_MAX),
-    "edge": ("sigmoid",),
-    "normals": ("l2",),
-}
-
-
 def sample_rule(info: TaskInfo) -> tuple:
-    rule = getattr(info, "sample_rule", None) or SAMPLE_RULES.get(info.name)
-    if rule is None:
-        rule = ("argmax",) if info.is_discrete else ("identity",)
+    """How a task's prediction becomes a label again before DDIM re-embeds it (data/tasks.py)."""
+    rule = tuple(info.sample_rule)
     if rule[0] in ("argmax", "threshold") and not info.is_discrete:
         raise ValueError(f"task {info.name!r}: rule {rule[0]!r} needs a discrete task")
-    return tuple(rule)
+    return rule
 
 
 class TaskDiffusionHead(nn.Module):

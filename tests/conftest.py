@@ -4,6 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests use tiny models: one thread avoids oversubscription on small CI machines (2 cores), where
+# torch's default thread pool made tiny forwards ~100x slower, and matches the golden files' setting.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
