@@ -315,3 +315,96 @@ class FpnAux(nn.Module):
         pi = torch.softmax(self.task_mask(y), dim=1)  # b l h w
         levels = y.view(b, self.num_levels, -1, h, w)  # b l c h w
         return (pi.unsqueeze(2) * levels).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The MLoRE head and model (spec §5.4-5.6)
+# --------------------------------------------------------------------------------------------------
+
+from models.taskdiffusion import (TaskDiffusion, TaskDiffusionHead, _get,  # noqa: E402
+                                  build_taskdiffusion_model)
+
+
+class MLoREHead(TaskDiffusionHead):
+    """TaskDiffusion head with MoE clean-feature branch and level-mixing aux bodies (spec §5).
+
+    Differences from the parent, all through its hooks:
+      * `fpn_encoder.feat_task.{l}` is a MoEStack (`feat_task.{l}.{0,1}`, two MOEBlocks);
+      * `aux_heads.<t>.0` is FpnAux;
+      * the training output gains `route`: {'route_1_prob': L × {task: B×n×1×1×1},
+        'route_2_prob': ...}, the gate values after the top-k cut of block 0 / block 1 of each level.
+
+    Extra keyword argument of forward_train / sample / the model: `router_noise`, the train-mode
+    gate noise (anything RouterNoise accepts; a list is read in `canonical_noise_order`). Without
+    it the noise is drawn from `generator` (or the global RNG) after the diffusion draws, in the
+    original's order.
+    """
+
+    def __init__(self, *, rank_list: Sequence[int], topk: int, spatial_size: int,
+                 router_resize_to: tuple[int, int] | None = None, fused_experts: bool = True, **kwargs):
+        # plain attributes, read by the hooks that the parent's __init__ calls
+        self.moe_kwargs = dict(spatial_size=int(spatial_size), rank_list=[int(r) for r in rank_list],
+                               topk=int(topk), router_resize_to=router_resize_to, fused_experts=fused_experts)
+        super().__init__(**kwargs)
+
+    def build_feat_task(self, level: int) -> nn.Module:
+        return MoEStack(self.tasks, self.embed_dim, **self.moe_kwargs)
+
+    def build_aux_body(self, task: str) -> nn.Module:
+        return FpnAux(self.embed_dim, self.num_levels)
+
+    def noise_order(self) -> list:
+        """Keys of the router-noise draws of one forward, in draw order."""
+        return canonical_noise_order(self.num_levels, self.tasks, BLOCKS_PER_LEVEL)
+
+    def clean_task_features(self, levels: Sequence[torch.Tensor], generator: torch.Generator | None = None,
+                            router_noise=None, **hook_kwargs):
+        """P[l][t] = MOE_{l,1}(MOE_{l,0}(F_l, t), t), looping level, task, block as the original does
+        (which fixes the order of the global-RNG router draws)."""
+        if hook_kwargs:
+            raise TypeError(f"MLoREHead got unexpected arguments {sorted(hook_kwargs)}")
+        noise_fn = router_noise if isinstance(router_noise, RouterNoise) else \
+            RouterNoise(router_noise, order=self.noise_order(), generator=generator)
+        clean, route_1, route_2 = [], [], []
+        for l, x in enumerate(levels):
+            feats, p1, p2 = {}, {}, {}
+            for t in self.tasks:
+                feats[t], (p1[t], p2[t]) = self.fpn_encoder.feat_task[l](x, t, level=l, noise_fn=noise_fn)
+            clean.append(feats)
+            route_1.append(p1)
+            route_2.append(p2)
+        return clean, {"route": {"route_1_prob": route_1, "route_2_prob": route_2}}
+
+
+def mlore_head_kwargs(cfg, router_resize: bool | None = None) -> dict:
+    """MLoREHead's extra arguments from a config (rank_list, topk, spatial_size, router resize)."""
+    rank_list, topk = _get(cfg, "rank_list"), _get(cfg, "topk")
+    if rank_list is None or topk is None:
+        raise ValueError("model TaskDiffusion_mlore needs rank_list (15 expert ranks, paper PASCAL "
+                         "[16, 24, ..., 128]) and topk (experts kept per sample, paper PASCAL 3, NYUD 4)")
+    train = _get(cfg, "TRAIN")
+    scale = _get(train, "SCALE") if train is not None else None
+    if scale is None:
+        raise ValueError("config has no TRAIN.SCALE (the network input size [H, W])")
+    grid = (int(scale[0]) // 16, int(scale[1]) // 16)
+    spatial_size = _get(cfg, "spatial_size")
+    spatial_size = grid[0] * grid[1] if spatial_size is None else int(spatial_size)
+    if spatial_size != grid[0] * grid[1]:
+        raise ValueError(f"spatial_size {spatial_size} must equal the token count h*w = {grid[0]}*{grid[1]} = "
+                         f"{grid[0] * grid[1]} of the {scale[0]}x{scale[1]} input: the MLoRE router applies a "
+                         f"Linear over the flattened token grid. Set spatial_size to that value (or null).")
+    if router_resize is None:
+        router_resize = bool(_get(cfg, "mlore_router_resize", False))
+    return dict(rank_list=rank_list, topk=int(topk), spatial_size=spatial_size,
+                router_resize_to=grid if router_resize else None)
+
+
+def build_mlore_model(cfg, router_resize: bool | None = None, **extra_head_kwargs) -> TaskDiffusion:
+    """ViT backbone + MLoREHead from a config with model: TaskDiffusion_mlore.
+
+    MLoRE is a fixed-size model: the router needs exactly spatial_size tokens. `router_resize=True`
+    (or the config key `mlore_router_resize: true`) lets it run at other input sizes by resizing the
+    router's input to the configured grid; this is not the original's behaviour and off by default.
+    """
+    return build_taskdiffusion_model(cfg, head_cls=MLoREHead, **mlore_head_kwargs(cfg, router_resize),
+                                     **extra_head_kwargs)

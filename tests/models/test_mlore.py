@@ -176,7 +176,6 @@ def test_moe_stack_noise_keys_and_order():
     out, probs = stack(x, "edge", level=2, noise_fn=fn)
     assert keys == ["level2/edge/block0", "level2/edge/block1"]
     assert out.shape == x.shape and len(probs) == 2
-    # zero noise == eval-style routing on the same batch statistics: compare p only
     names = [k for k, _ in stack.named_parameters()]
     assert names[0].startswith("0.lora_list_1.0") and any(n.startswith("1.router_1.edge") for n in names)
 
@@ -208,3 +207,92 @@ def test_fpn_aux_mixes_levels():
     assert aux(torch.randn(2, 4 * C, 5, 6)).shape == (2, C, 5, 6)
     assert [k for k in aux.state_dict() if k.endswith("weight")] == [
         "task_mask.0.weight", "task_mask.1.weight", "task_mask.3.weight"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole MLoRE model on a tiny config
+# --------------------------------------------------------------------------------------------------
+
+def _tiny_cfg(**kw):
+    from easydict import EasyDict
+
+    cfg = EasyDict(model="TaskDiffusion_mlore", backbone="TaskDiffusion_vitT",
+                   backbone_kwargs=dict(embed_dim=32, depth=4, num_heads=2, taps=[1, 2, 3]),
+                   backbone_weights=None, drop_path_rate=0.1, final_embed_dim=16, timesteps=2, randsteps=1,
+                   bit_scales={"all": 0.01}, module_layer=2, with_aux=True, rank_list=RANKS, topk=3,
+                   spatial_size=None, db_name="PASCALContext",
+                   TASKS=dict(NAMES=["semseg", "sal", "normals"]), TRAIN=dict(SCALE=[32, 48]), ignore_index=255)
+    cfg.update(kw)
+    return cfg
+
+
+def _targets(b, h, w):
+    g = torch.Generator().manual_seed(0)
+    semseg = torch.randint(0, 21, (b, 1, h, w), generator=g).float()
+    semseg[:, :, :4] = 255
+    normals = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
+    normals[:, :, :, :6] = 255
+    return {"semseg": semseg, "sal": torch.randint(0, 2, (b, 1, h, w), generator=g).float(), "normals": normals}
+
+
+def test_mlore_model_training_forward_backward():
+    from models import build_model
+    from models.mlore import MLoREHead
+
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg()).train()
+    assert isinstance(model.heads, MLoREHead)
+    assert "heads.fpn_encoder.feat_task.3.1.router_1.normals.0.convsp.weight" in model.state_dict()
+    assert "heads.aux_heads.sal.0.task_mask.3.weight" in model.state_dict()
+    x = torch.randn(2, 3, 32, 48)
+    out = model(x, _targets(2, 32, 48))
+    assert set(out) == {"pred", "aux", "route"}
+    assert out["pred"]["semseg"].shape == (2, 21, 32, 48) and out["aux"]["normals"].shape == (2, 3, 32, 48)
+    routes = out["route"]
+    assert set(routes) == {"route_1_prob", "route_2_prob"}
+    for name in routes:
+        assert len(routes[name]) == 4
+        for level in routes[name]:
+            assert list(level) == ["semseg", "sal", "normals"]
+            for p in level.values():
+                assert p.shape == (2, 15, 1, 1, 1) and ((p.flatten(1) > 0).sum(1) == 3).all()
+    loss = sum(v.float().mean() for v in out["pred"].values()) + sum(v.mean() for v in out["aux"].values())
+    loss = loss + sum(p.std() for lv in routes["route_1_prob"] for p in lv.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, bad
+    assert model.heads.fpn_encoder.feat_task[0][0].router_1["sal"][0].convsp.weight.grad.abs().sum() > 0
+
+
+def test_mlore_model_inference_and_fixed_size():
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg()).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 48), generator=torch.Generator().manual_seed(1))
+        assert set(out) == {"pred"} and out["pred"]["sal"].shape == (1, 2, 32, 48)
+        with pytest.raises(ValueError, match="spatial_size = 6"):
+            model(torch.randn(1, 3, 48, 48))
+    # opt-in: the router input is resized to the configured 2x3 grid, the rest runs at 3x3
+    torch.manual_seed(0)
+    resized = build_model(_tiny_cfg(mlore_router_resize=True)).eval()
+    resized.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(1, 3, 32, 48)
+        a = model(x, generator=torch.Generator().manual_seed(1))["pred"]["semseg"]
+        b = resized(x, generator=torch.Generator().manual_seed(1))["pred"]["semseg"]
+        assert torch.equal(a, b)  # no effect at the configured size
+        assert resized(torch.randn(1, 3, 48, 48), generator=g)["pred"]["semseg"].shape == (1, 21, 48, 48)
+
+
+def test_mlore_config_errors():
+    from models.mlore import build_mlore_model
+
+    with pytest.raises(ValueError, match="spatial_size 5 must equal the token count"):
+        build_mlore_model(_tiny_cfg(spatial_size=5))
+    with pytest.raises(ValueError, match="rank_list"):
+        build_mlore_model(_tiny_cfg(rank_list=None))
