@@ -1,0 +1,202 @@
+"""Non-diffusion multi-task baseline: the TaskDiffusion decoder without the diffusion (`model: baseline`).
+
+This is the ablation the method is judged against: the same ViT backbone and the same decoder
+layout (spec §4.7), but one deterministic forward pass with
+
+  * no noisy label map, no label embeddings, no NoisyInputFusion (`transforms`);
+  * no time embedding and no FiLM: every time-conditioned block becomes the same block without
+    its `time_mlp` (conv -> BN [-> GELU -> conv]);
+  * the cross-task gates computed from the backbone features themselves: the shared branch
+    (`share_fpn`) reads the clean level F_l instead of the fused noisy features.
+
+Everything else is kept: clean per-task features (`feat_task`, the original TaskFeat), sigmoid
+cross-task gating per level, per-task specific heads, per-task softmax fusion of the levels,
+refinement layers with the ×4 upsampling before the last one, prediction heads and aux heads.
+Module names follow the TaskDiffusion head where the module exists there, so the backbone and the
+time-free parts of a TaskDiffusion checkpoint could be loaded with `strict=False`.
+
+Size: about 89% of the TaskDiffusion head at the paper PASCAL ViT-L width (see
+tests/models/test_baseline.py for the numbers); the difference is the FiLM projections, the time
+MLP, the label embeddings and the noisy-input fusion convs.
+
+API (same as TaskDiffusion): model(images, targets=None) -> {'pred': {task: B×K×H×W}}
+(+ 'aux' when targets are given and with_aux). targets only select the training output format;
+the prediction does not depend on them.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.tasks import TaskInfo
+from models.backbone import build_backbone
+from models.decoder import ConvMLP, task_feat_block
+from models.diffusion import upsample_bilinear
+from models.taskdiffusion import _get, config_task_infos
+
+
+class ConvBlock(nn.Module):
+    """`conv_2(GELU(BN(conv_1(x))))` (+ x when residual): CondConvMLP without time conditioning."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, k1: int = 3, k2: int = 1,
+                 residual: bool = False):
+        super().__init__()
+        if residual and in_channels != out_channels:
+            raise ValueError("residual ConvBlock needs in_channels == out_channels")
+        self.residual = residual
+        self.conv_1 = nn.Conv2d(in_channels, mid_channels, k1, padding=k1 // 2)
+        self.conv_2 = nn.Conv2d(mid_channels, out_channels, k2, padding=k2 // 2)
+        self.norm = nn.BatchNorm2d(mid_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_2(F.gelu(self.norm(self.conv_1(x))))
+        return x + y if self.residual else y
+
+
+class ConvBN(nn.Module):
+    """`BN(conv_1(x))`, k×k conv, no activation: CondConv without time conditioning."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.conv_1 = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv_1(x))
+
+
+class SharedFPN(nn.Module):
+    """`share_fpn.fpn_conv.{l}.{0,1}`: two ConvBlock(C, C) per level on the clean level features."""
+
+    def __init__(self, channels: int, num_levels: int):
+        super().__init__()
+        self.fpn_conv = nn.ModuleList(
+            nn.ModuleList(ConvBlock(channels, channels, channels) for _ in range(2)) for _ in range(num_levels))
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        convs = self.fpn_conv[level]
+        return convs[1](convs[0](x))
+
+
+class GatedFPN(nn.Module):
+    """`fpn_encoder`: clean task features, cross-task gating per level, softmax fusion of the levels.
+
+    levels: L × (B×C×h×w) -> ({task: B×C×h×w} fused, clean P: L × {task: B×C×h×w}).
+    """
+
+    def __init__(self, tasks: Sequence[str], channels: int, num_levels: int):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.num_levels = num_levels
+        t, c = len(self.tasks), channels
+        self.share_fpn = SharedFPN(c, num_levels)
+        self.mask_task = nn.ModuleList(ConvBN(c, t * t, 3) for _ in range(num_levels))
+        self.feat_task = nn.ModuleList(
+            nn.ModuleDict({k: task_feat_block(c) for k in self.tasks}) for _ in range(num_levels))
+        self.specific_head = nn.ModuleList(
+            nn.ModuleDict({k: ConvBN(c, c, 1) for k in self.tasks}) for _ in range(num_levels))
+        self.fpn_mask = nn.ModuleDict({k: ConvBlock(num_levels * c, c, num_levels, k1=1, k2=3) for k in self.tasks})
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> tuple[dict, list]:
+        tasks, n = self.tasks, len(self.tasks)
+        clean = [{k: self.feat_task[l][k](x) for k in tasks} for l, x in enumerate(levels)]
+        per_task = {k: [] for k in tasks}  # task -> L × (b c h w)
+        for l, x in enumerate(levels):
+            g = self.mask_task[l](self.share_fpn(x, l))  # b (T_target T_source) h w
+            b, _, h, w = g.shape
+            gates = torch.sigmoid(g).view(b, n, n, h, w)
+            src = torch.stack([clean[l][k] for k in tasks], dim=1)  # b T_source c h w
+            mixed = torch.einsum("bijhw,bjchw->bichw", gates, src)  # b T_target c h w
+            for i, k in enumerate(tasks):
+                per_task[k].append(self.specific_head[l][k](mixed[:, i]))
+        out = {}
+        for k in tasks:
+            v = torch.stack(per_task[k], dim=1)  # b L c h w
+            pi = torch.softmax(self.fpn_mask[k](v.flatten(1, 2)), dim=1)  # b L h w
+            out[k] = (pi.unsqueeze(2) * v).sum(dim=1)
+        return out, clean
+
+
+class BaselineHead(nn.Module):
+    """Single-pass multi-task decoder on backbone features B×(L·C)×h×w; logits at 4h×4w."""
+
+    def __init__(self, task_infos: Mapping[str, TaskInfo], embed_dim: int, num_levels: int = 4,
+                 module_layer: int = 3, with_aux: bool = True):
+        super().__init__()
+        self.task_infos = dict(task_infos)
+        self.tasks = list(self.task_infos)
+        if not self.tasks:
+            raise ValueError("BaselineHead: no tasks configured")
+        if module_layer < 1:
+            raise ValueError(f"module_layer must be >= 1, got {module_layer}")
+        c = self.embed_dim = int(embed_dim)
+        self.num_levels, self.with_aux = int(num_levels), bool(with_aux)
+        outs = {t: int(i.num_outputs) for t, i in self.task_infos.items()}
+        if self.with_aux:
+            self.aux_heads = nn.ModuleDict({
+                t: nn.Sequential(ConvMLP(self.num_levels * c, c), nn.Conv2d(c, outs[t], 3, padding=1))
+                for t in self.tasks})
+        self.pred_heads = nn.ModuleDict({t: nn.Conv2d(c, outs[t], 3, padding=1) for t in self.tasks})
+        self.encoders = nn.ModuleList(
+            nn.ModuleDict({t: ConvBlock(c, c, c, residual=True) for t in self.tasks}) for _ in range(module_layer))
+        self.fpn_encoder = GatedFPN(self.tasks, c, self.num_levels)
+
+    def forward(self, features: torch.Tensor, with_aux: bool = True) -> dict:
+        b, ch, h, w = features.shape
+        if ch != self.num_levels * self.embed_dim:
+            raise ValueError(f"baseline head: features have {ch} channels, expected "
+                             f"{self.num_levels}×{self.embed_dim} (levels × final_embed_dim)")
+        x, clean = self.fpn_encoder(list(features.chunk(self.num_levels, dim=1)))
+        last = len(self.encoders) - 1
+        for k, layer in enumerate(self.encoders):
+            for t in self.tasks:
+                xt = upsample_bilinear(x[t], (4 * h, 4 * w)) if k == last else x[t]
+                x[t] = layer[t](xt)
+        out = {"pred": {t: self.pred_heads[t](x[t]) for t in self.tasks}}
+        if with_aux and self.with_aux:
+            out["aux"] = {t: self.aux_heads[t](upsample_bilinear(torch.cat([p[t] for p in clean], dim=1),
+                                                                  (4 * h, 4 * w)))
+                          for t in self.tasks}
+        return out
+
+
+class BaselineModel(nn.Module):
+    """Backbone + BaselineHead; outputs resized to the input size (bilinear, align_corners=False)."""
+
+    def __init__(self, backbone: nn.Module, heads: BaselineHead):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+
+    @property
+    def head(self) -> nn.Module:
+        return self.heads
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
+                noise: torch.Tensor | None = None, times: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict:
+        """targets given: {'pred', 'aux'} (training format); otherwise {'pred'}. The baseline draws
+        nothing: `generator` is accepted for API compatibility, noise/times are an error."""
+        if noise is not None or times is not None:
+            raise ValueError("the baseline model has no diffusion: noise/times cannot be injected "
+                             "(model: baseline in the config; use TaskDiffusion for diffusion inputs)")
+        out = self.heads(self.backbone(images), with_aux=targets is not None)
+        size = images.shape[-2:]
+        return {key: {t: upsample_bilinear(v, size) for t, v in val.items()} for key, val in out.items()}
+
+
+def build_baseline_model(cfg) -> BaselineModel:
+    """Backbone from cfg + BaselineHead (final_embed_dim, module_layer, with_aux, TASKS.NAMES)."""
+    if _get(cfg, "final_embed_dim") is None:
+        raise ValueError("config needs final_embed_dim (the decoder width C)")
+    backbone = build_backbone(cfg)
+    heads = BaselineHead(config_task_infos(cfg), int(_get(cfg, "final_embed_dim")),
+                         num_levels=backbone.num_levels, module_layer=int(_get(cfg, "module_layer", 3)),
+                         with_aux=bool(_get(cfg, "with_aux", True)))
+    return BaselineModel(backbone, heads)
