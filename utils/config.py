@@ -125,6 +125,8 @@ SCHEMA: dict[str, Spec] = {
     "train_db_name": _str(REQUIRED, "dataset: PASCALContext or NYUD (picks crop size, classes, metrics)",
                           choices=task_table.DATASETS),
     "val_db_name": _str(OMIT, "evaluation dataset; must equal train_db_name", choices=task_table.DATASETS),
+    "data_cache_dir": _str(None, "cache of derived labels (PASCAL edges, parts); null: $TASKDIFFUSION_CACHE or "
+                                 "~/.cache/taskdiffusion (never inside the dataset folder)", nullable=True),
     "db_root": _str("data_root", "folder holding PASCALContext/ or NYUDv2/ (overridden by --data_root, "
                                  f"then by ${DATA_ENV_VAR}); relative paths are relative to the current directory"),
     "trBatch": _int(2, "training batch per process (per GPU)", ge=1),
@@ -203,6 +205,10 @@ SCHEMA: dict[str, Spec] = {
                       length=NUM_EXPERTS, item=_int(ge=1)),
     "topk": _int(None, f"MLoRE: experts kept per sample (1..{NUM_EXPERTS})", ge=1, le=NUM_EXPERTS, nullable=True),
     "spatial_size": _int(None, "MLoRE: token count h*w (null: derived from the crop size)", ge=1, nullable=True),
+    "mlore_router_resize": _bool(False, "MLoRE: resize the router input to the configured token grid so other "
+                                        "input sizes run (not the original's behaviour; off = fixed size)"),
+    "clamp_returned_depth": _bool(True, "return DDIM depth logits clamped to [0, 80] as the original does "
+                                        "(false: raw logits; the sampler re-embeds the clamped values either way)"),
     # ---- losses (original keys) -----------------------------------------------------------------
     "loss_kwargs": _dict({
         "loss_weights": Spec("map", REQUIRED, "per-task loss weight, plus load_balancing (MLoRE cv term)",
