@@ -1,0 +1,202 @@
+"""MultiTaskEvaluator: one accumulator per enabled task, fed with raw network outputs.
+
+Usage (every rank evaluates its own shard; no rank idles while rank 0 evaluates everything):
+
+    evaluator = build_evaluator(cfg, full_edge=True)
+    for batch in loader:                      # a non-padding sharded loader under DDP
+        evaluator.update(model(images)['pred'], batch)
+    evaluator.synchronize()                   # collective: all-reduce of every sum
+    results = evaluator.compute()             # {task: {metric: value}}, identical on every rank
+
+update() post-processes as spec §7 (argmax / softmax·255 / sigmoid·255 / normal mapping / depth clamp,
+never in place) at the padded size; padding is excluded by the GT ignore values, and for boundaries the
+prediction is cropped back to meta['img_size'] (centred padding) as the original's PNGs are.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from data import tasks as task_table
+from evaluation.boundary import BoundaryMeter, default_workers, read_image_list
+from evaluation.delta import delta_m
+from evaluation.depth import DepthMeter
+from evaluation.edge_proxy import EdgeProxyMeter
+from evaluation.normals import NormalsMeter
+from evaluation.postprocess import crop_to_original, edge_uint8, postprocess
+from evaluation.saliency import SaliencyMeter
+from evaluation.segmentation import SegmentationMeter
+
+__all__ = ["MultiTaskEvaluator", "build_evaluator", "METRIC_FAMILY_OF_TASK"]
+
+# Metric family per task: the spec defines the metrics per task (§7.1), so this is the one place where
+# evaluation looks at task names.
+METRIC_FAMILY_OF_TASK = {
+    "semseg": "segmentation",
+    "human_parts": "segmentation",
+    "sal": "saliency",
+    "normals": "normals",
+    "depth": "depth",
+    "edge": "boundary",
+}
+
+
+class MultiTaskEvaluator:
+    """reset() / update(pred, batch) / synchronize() / compute() over the tasks of one dataset.
+
+    boundary: keyword arguments of BoundaryMeter (max_dist, thresholds, max_images, image_list, workers,
+    backend, estimate), or None to skip odsF (the edge task then reports only the proxy 'loss').
+    """
+
+    def __init__(self, db_name: str, tasks: Iterable[str], edge_w: Optional[float] = None,
+                 depth_min: float = task_table.DEPTH_MIN, depth_max: float = task_table.DEPTH_MAX,
+                 ignore_index: int = 255, boundary: Optional[dict] = None):
+        self.db_name = task_table.check_dataset(db_name)
+        self.infos = task_table.task_infos(db_name, list(tasks))
+        self.tasks = list(self.infos)
+        self.meters = {}
+        self.boundary: Optional[BoundaryMeter] = None
+        for t, info in self.infos.items():
+            family = METRIC_FAMILY_OF_TASK.get(t)
+            if family == "segmentation":
+                self.meters[t] = SegmentationMeter(info.num_classes, info.class_names, ignore_index)
+            elif family == "saliency":
+                self.meters[t] = SaliencyMeter(ignore_index)
+            elif family == "normals":
+                self.meters[t] = NormalsMeter(ignore_index)
+            elif family == "depth":
+                self.meters[t] = DepthMeter(depth_min, depth_max)
+            elif family == "boundary":
+                if edge_w is None:
+                    edge_w = task_table.DEFAULT_EDGE_W[db_name]
+                self.meters[t] = EdgeProxyMeter(edge_w, ignore_index)
+                if boundary is not None:
+                    kw = dict(boundary)
+                    kw.setdefault("max_dist", task_table.EDGE_MAX_DIST[db_name])
+                    self.boundary = BoundaryMeter(**kw)
+            else:
+                raise ValueError(f"no metric is defined for task {t!r}")
+        self._images_seen = 0
+
+    def reset(self) -> None:
+        for m in self.meters.values():
+            m.reset()
+        if self.boundary is not None:
+            self.boundary.reset()
+        self._images_seen = 0
+
+    @torch.no_grad()
+    def update(self, pred: Mapping[str, torch.Tensor], batch: Mapping) -> None:
+        """pred: {task: B×K×H×W raw outputs at the padded size}; batch: the data batch (targets + meta)."""
+        meta = batch.get("meta") or {}
+        # Check everything first, so a bad batch leaves the accumulators untouched.
+        for t in self.tasks:
+            if t not in pred:
+                raise KeyError(f"evaluation: no prediction for task '{t}' (got {sorted(pred)})")
+            if t not in batch:
+                raise KeyError(f"evaluation: the batch has no ground truth for task '{t}'")
+            p, gt = pred[t], batch[t]
+            if p.shape[-2:] != gt.shape[-2:] or p.shape[0] != gt.shape[0]:
+                raise ValueError(f"evaluation: {t} prediction {tuple(p.shape)} and ground truth {tuple(gt.shape)} "
+                                 f"differ in batch or spatial size")
+        for t in self.tasks:
+            p = pred[t]
+            gt = batch[t].to(p.device, non_blocking=True)
+            family = METRIC_FAMILY_OF_TASK[t]
+            scores = postprocess(family, p)
+            self.meters[t].update(scores, gt)
+            if family == "boundary" and self.boundary is not None:
+                self._update_boundary(scores, gt, meta)
+        self._images_seen += next(iter(pred.values())).shape[0]
+
+    def _update_boundary(self, scores: torch.Tensor, gt: torch.Tensor, meta: Mapping) -> None:
+        n = scores.shape[0]
+        sizes = meta.get("img_size")
+        if sizes is None:  # no meta: the prediction is taken as unpadded
+            sizes = [scores.shape[-2:]] * n
+        names = meta.get("img_name")
+        if names is None:
+            names = [f"{self._images_seen + i:06d}" for i in range(n)]
+        preds, gts = [], []
+        for i in range(n):
+            preds.append(edge_uint8(scores[i], sizes[i]).numpy())
+            gts.append(crop_to_original(gt[i, 0], sizes[i]).to(device="cpu", dtype=torch.uint8).numpy())
+        self.boundary.update(preds, gts, [str(x) for x in names])
+
+    def merge(self, other: "MultiTaskEvaluator") -> "MultiTaskEvaluator":
+        """Add another evaluator's accumulated sums (same dataset and tasks) into this one; returns self."""
+        if other.tasks != self.tasks or other.db_name != self.db_name:
+            raise ValueError(f"cannot merge evaluators of {other.db_name}/{other.tasks} into {self.db_name}/{self.tasks}")
+        for t, m in self.meters.items():
+            m.merge(other.meters[t])
+        if self.boundary is not None:
+            if other.boundary is None:
+                raise ValueError("cannot merge an evaluator without boundary metrics into one with them")
+            self.boundary.merge(other.boundary)
+        self._images_seen += other._images_seen
+        return self
+
+    def synchronize(self) -> None:
+        """Collective over all ranks (call on every rank): finish boundary work and all-reduce every sum."""
+        for m in self.meters.values():
+            m.synchronize()
+        if self.boundary is not None:
+            self.boundary.synchronize()
+
+    def compute(self) -> dict:
+        """{task: {metric: value}}: headline keys semseg/human_parts 'mIoU', sal 'maxF', normals 'mean',
+        depth 'rmse', edge 'odsF' (full protocol) or 'odsF_est' (estimate) plus the proxy 'loss'."""
+        results = {}
+        for t, m in self.meters.items():
+            results[t] = m.compute()
+            if t == "edge" and self.boundary is not None:
+                results[t].update(self.boundary.compute())
+        return results
+
+    def delta_m(self, results: Mapping, reference: Mapping) -> float:
+        return delta_m(results, reference, self.db_name, self.tasks)
+
+
+def _cfg_get(cfg, key, default=None):
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers: Optional[int] = None,
+                    backend: str = "auto", progress: bool = True) -> MultiTaskEvaluator:
+    """Evaluator for cfg.TASKS.NAMES on cfg.db_name.
+
+    full_edge: True = the full boundary protocol (edge_eval.full_thresholds, all listed images: end of
+    training, --run_mode infer); False = the in-training estimate (edge_eval.estimate_thresholds on at most
+    edge_eval.estimate_max_images images; keys end in '_est'). boundary=False skips odsF altogether.
+    workers: processes for boundary matching (default: cfg.eval_workers; null there: all cores of this node
+    shared between its ranks; 0 or 1: in the calling process).
+    """
+    db = cfg["db_name"]
+    names = cfg["TASKS"]["NAMES"]
+    edge_eval = _cfg_get(cfg, "edge_eval", {}) or {}
+    bkw = None
+    if boundary and "edge" in names:
+        image_list = edge_eval.get("image_list")
+        if workers is None:
+            workers = _cfg_get(cfg, "eval_workers")
+        bkw = {
+            "thresholds": int(edge_eval.get("full_thresholds") or 101) if full_edge
+            else int(edge_eval.get("estimate_thresholds") or 11),
+            "max_images": None if full_edge else edge_eval.get("estimate_max_images"),
+            "image_list": read_image_list(os.path.expanduser(image_list)) if image_list else None,
+            "workers": default_workers() if workers is None else int(workers),  # 0 or 1: in-process
+            "backend": backend,
+            "estimate": not full_edge,
+            "progress": progress,
+        }
+    return MultiTaskEvaluator(
+        db, names,
+        edge_w=_cfg_get(cfg, "edge_w"),
+        depth_min=float(_cfg_get(cfg, "depth_min", task_table.DEPTH_MIN)),
+        depth_max=float(_cfg_get(cfg, "depth_max", task_table.DEPTH_MAX)),
+        ignore_index=int(_cfg_get(cfg, "ignore_index", 255)),
+        boundary=bkw,
+    )
