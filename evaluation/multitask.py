@@ -128,7 +128,8 @@ class MultiTaskEvaluator:
     def merge(self, other: "MultiTaskEvaluator") -> "MultiTaskEvaluator":
         """Add another evaluator's accumulated sums (same dataset and tasks) into this one; returns self."""
         if other.tasks != self.tasks or other.db_name != self.db_name:
-            raise ValueError(f"cannot merge evaluators of {other.db_name}/{other.tasks} into {self.db_name}/{self.tasks}")
+            raise ValueError(f"cannot merge evaluators of {other.db_name}/{other.tasks} into "
+                             f"{self.db_name}/{self.tasks}")
         for t, m in self.meters.items():
             m.merge(other.meters[t])
         if self.boundary is not None:
@@ -165,7 +166,7 @@ def _cfg_get(cfg, key, default=None):
 
 
 def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers: Optional[int] = None,
-                    backend: str = "auto", progress: bool = True) -> MultiTaskEvaluator:
+                    backend: str = "scipy", progress: bool = True) -> MultiTaskEvaluator:
     """Evaluator for cfg.TASKS.NAMES on cfg.db_name.
 
     full_edge: True = the full boundary protocol (edge_eval.full_thresholds, all listed images: end of
@@ -173,6 +174,8 @@ def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers:
     edge_eval.estimate_max_images images; keys end in '_est'). boundary=False skips odsF altogether.
     workers: processes for boundary matching (default: cfg.eval_workers; null there: all cores of this node
     shared between its ranks; 0 or 1: in the calling process).
+    backend: boundary matching, 'scipy' (default, fast maximum matching), 'pyedgeeval' (SEISM's CSA matcher,
+    ~100x slower) or 'auto' (pyedgeeval when importable); see evaluation/boundary.py.
     """
     db = cfg["db_name"]
     names = cfg["TASKS"]["NAMES"]

@@ -8,8 +8,10 @@ return float32 (or int64 labels), whatever dtype the network produced under auto
 | segmentation | B×K×H×W logits   | B×H×W int64 class ids (argmax)                    |
 | saliency     | B×2×H×W logits   | B×H×W float32, softmax probability of class 1 ×255 |
 | boundary     | B×1×H×W logit    | B×H×W float32, sigmoid ×255                        |
-| normals      | B×3×H×W          | B×3×H×W float32, (n̂ + 1)·255/2 with n̂ L2-normalised (channel-first, unlike the original's B×H×W×3) |
+| normals      | B×3×H×W          | B×3×H×W float32, (n̂ + 1)·255/2, n̂ L2-normalised (channel-first) |
 | depth        | B×1×H×W          | B×1×H×W float32, clamped at min 0                  |
+
+The original returned normals channel-last (B×H×W×3); channel-first here matches the GT layout.
 """
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def balanced_edge_bce(pred: torch.Tensor, gt: torch.Tensor, edge_w: float, ignor
     uses the numerically stable log-sigmoid. pred: B×1×H×W logits; gt: B×1×H×W in {0, 1, 255}.
     """
     if not 0.0 < edge_w < 1.0:
-        raise ValueError(f"edge_w must lie in (0, 1), got {edge_w}; set task_dictionary.edge_w (PASCAL 0.95, NYUD 0.90)")
+        raise ValueError(f"edge_w must lie in (0, 1), got {edge_w}; set task_dictionary.edge_w "
+                         f"(PASCAL 0.95, NYUD 0.90)")
     valid = gt != ignore_index
     target = torch.where(valid, gt, torch.zeros_like(gt)).float()
     pos_weight = torch.tensor(edge_w / (1.0 - edge_w), dtype=torch.float32, device=pred.device)
@@ -81,7 +82,8 @@ def normalized_l1(pred: torch.Tensor, gt: torch.Tensor, ignore_index: int = IGNO
     return ((unit - target).abs() * valid).sum() / _count(valid)
 
 
-def masked_l1(pred: torch.Tensor, gt: torch.Tensor, ignore_invalid: bool = True, invalid_value: float = 0.0) -> torch.Tensor:
+def masked_l1(pred: torch.Tensor, gt: torch.Tensor, ignore_invalid: bool = True,
+              invalid_value: float = 0.0) -> torch.Tensor:
     """Depth: Σ|d̂ - d| over valid pixels / max(#valid, 1); valid = GT ≠ 0 when `ignore_invalid`
     (config `ignore_invalid_area_depth`), else every pixel. pred, gt: B×1×H×W metres."""
     gt = gt.float()

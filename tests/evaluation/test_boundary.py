@@ -7,7 +7,8 @@ from scipy import ndimage
 from skimage.morphology import thin
 
 from evaluation.boundary import (BoundaryMeter, best_counts, edge_nms, edge_orientation, edge_thresholds,
-                                 evaluate_image, match_counts, nms_edges, pr_summary, pyedgeeval_available)
+                                 evaluate_image, match_counts, nms_edges, pr_summary, pyedgeeval_available,
+                                 thin_binary)
 
 H, W = 96, 128
 DIAG = math.hypot(H, W)  # 160
@@ -60,6 +61,16 @@ def test_nms_keeps_the_ridge_and_fades_the_border():
     assert col[20] == e[20, 25] and np.count_nonzero(col) == 1
     assert out[20, 0] == 0.0 and out[20, 2] == pytest.approx(0.4 * e[20, 2], rel=1e-6)  # ×d/5 near the border
     assert out[20, 49] == 0.0
+
+
+def test_sparse_thinning_equals_skimage_thin():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((40, 50)) < p for p in (0.1, 0.4, 0.7)]
+    maps += [ndimage.binary_dilation(rng.random((40, 50)) < 0.03, iterations=k) for k in (1, 3)]
+    maps += [nms_edges(soft_prediction(gt_map(), sigma=2.0).astype(np.float32) / 255) > t for t in (0.05, 0.3)]
+    maps += [np.ones((5, 7), bool), np.zeros((3, 3), bool)]
+    for b in maps:
+        assert np.array_equal(thin_binary(b), thin(b))
 
 
 def test_matching_is_maximum_not_greedy():
