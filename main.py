@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Dataset root precedence: --data_root > $TASKDIFFUSION_DATA > db_root in the config.")
     p.add_argument("--config_exp", required=True, help="YAML experiment config (e.g. configs/pascal/vitL.yml)")
     p.add_argument("--run_mode", required=True, choices=("train", "infer"),
-                   help="train (resumes from <output_dir>/checkpoint.pth.tar if present) or infer (evaluate)")
+                   help="train (resumes from <output_dir>/checkpoints/last.pth if present) or infer (evaluate "
+                        "--trained_model on the val split: metrics JSON and prediction PNGs)")
     p.add_argument("--trained_model", default=None,
                    help="checkpoint: required for infer; for train, the weights/state to start from")
     # The original declared --local-rank; torch<2 launchers send --local_rank. Both are accepted and
@@ -66,13 +67,16 @@ def load(args: argparse.Namespace):
 
 def check_args(cfg, args) -> None:
     """Checks that need both the config and the command line, before anything expensive."""
+    from utils.checkpoint import BEST, CKPT_DIR, last_checkpoint
+
     if args.run_mode == "infer" and not args.trained_model:
         raise UserError("--run_mode infer needs --trained_model PATH (a checkpoint written by training, e.g. "
-                        f"{os.path.join(cfg.output_dir, 'checkpoint.pth.tar')}).")
+                        f"{os.path.join(cfg.output_dir, CKPT_DIR, BEST)}).")
     if args.trained_model and not os.path.isfile(args.trained_model):
         raise UserError(f"--trained_model {args.trained_model}: no such file.")
     w = cfg.backbone_weights
-    fresh_training = args.run_mode == "train" and not args.trained_model and not os.path.isfile(cfg.checkpoint)
+    fresh_training = (args.run_mode == "train" and not args.trained_model
+                      and last_checkpoint(cfg.output_dir) is None)
     if fresh_training and w not in (None, "timm") and not os.path.isfile(w):
         raise UserError(
             f"config {cfg.config_file}, key 'backbone_weights': the pretrained ViT file {os.path.abspath(w)} does "
@@ -90,7 +94,8 @@ def prepare_output(cfg) -> str:
     """Create the run folder and save the resolved config there (rank 0 only)."""
     from utils.config import save_config
 
-    path = os.path.join(cfg.output_dir, "config.yml")
+    # infer mode must not overwrite the training run's config.yml in the same folder
+    path = os.path.join(cfg.output_dir, "config.yml" if cfg.run_mode != "infer" else "config_infer.yml")
     if is_main_rank():
         os.makedirs(cfg.output_dir, exist_ok=True)
         save_config(cfg, path)
@@ -130,6 +135,8 @@ def open_datasets(cfg) -> dict:
 
 
 def print_summary(cfg, datasets: dict) -> None:
+    if not is_main_rank():
+        return
     h, w = cfg.TRAIN.SCALE
     sizes = ", ".join(f"{s} {len(d)}" for s, d in datasets.items())
     classes = ", ".join(f"{t} {k if k > 0 else str(cfg.TASKS.NUM_OUTPUT[t]) + 'ch'}"
@@ -142,10 +149,10 @@ def print_summary(cfg, datasets: dict) -> None:
 
 
 def run(cfg, args, datasets: dict) -> int:
-    """Train or evaluate. Placeholder until the engine exists: the engine replaces this body."""
-    print("[main] config and datasets are ready. Training and evaluation are provided by the engine "
-          "(engine/, a later step of the project), which is not wired in yet; stopping here.")
-    return 0
+    """Train or evaluate (the engine); returns the exit status. See engine/runner.py."""
+    from engine.runner import run_experiment
+
+    return run_experiment(cfg, args, datasets)
 
 
 def main(argv=None) -> int:
@@ -156,7 +163,8 @@ def main(argv=None) -> int:
         cfg = load(args)
         check_args(cfg, args)
         cfg_path = prepare_output(cfg)
-        print(f"[main] config {args.config_exp} is valid; resolved copy saved to {cfg_path}")
+        if is_main_rank():
+            print(f"[main] config {args.config_exp} is valid; resolved copy saved to {cfg_path}")
         datasets = open_datasets(cfg)
         print_summary(cfg, datasets)
     except (ConfigError, UserError) as err:

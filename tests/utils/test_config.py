@@ -462,6 +462,7 @@ def test_main_flow_with_a_stand_in_dataset(tmp_path, monkeypatch, capsys):
         return Fake({"train": 5, "val": 3}[split])
 
     monkeypatch.setattr(data, "build_dataset", fake_build, raising=False)
+    monkeypatch.setattr(main, "run", lambda cfg, args, datasets: 0)  # the engine itself is tested in tests/engine
     out = tmp_path / "run"
     rc = main.main(["--config_exp", str(CONFIGS / "demo" / "synthetic_nyud.yml"), "--run_mode", "train",
                     "--output_dir", str(out), "--data_root", str(tmp_path), "--seed", "7", "--eval_workers", "0"])

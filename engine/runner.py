@@ -1,0 +1,175 @@
+"""What `main.py --run_mode train|infer` does once the config and datasets are ready.
+
+Process setup (one place): torchrun's environment (or none: one process, CUDA if available else CPU),
+logger (console + <output_dir>/log.txt on rank 0), seeds, cuDNN autotuning on CUDA. Then:
+
+* train: build model and criterion, hand them to `Trainer` (which resumes from checkpoints/last.pth
+  automatically, or starts from --trained_model weights), train to max_iter with periodic evaluation,
+  finish with the full-protocol evaluation and prediction images.
+* infer: load --trained_model strictly and run the full-protocol evaluation on the val split, writing
+  the metrics JSON (the original only printed it) and the prediction PNGs.
+
+Both end with a per-task metric table and the paths of the log, checkpoints, metrics and predictions.
+Shutdown is ordered: drop the DDP wrapper, barrier, destroy the process group (gloo workers otherwise
+abort intermittently at exit).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import torch
+
+from engine.evaluator import compute_delta_m, evaluate, headline_metrics, metric_table, write_json_atomic
+from utils import checkpoint as ckpt_lib
+from utils.distributed import cleanup_distributed, init_distributed, is_main_process
+from utils.logger import close_logger, setup_logger
+from utils.seed import rank_seed, seed_everything
+
+__all__ = ["run_experiment", "summary_lines"]
+
+
+def _get(cfg, key, default=None):
+    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if val is None else val
+
+
+def run_experiment(cfg, args, datasets: dict) -> int:
+    from engine.trainer import NonFiniteLossError
+
+    info = init_distributed()
+    log = setup_logger(cfg.output_dir, info.rank)
+    seed_everything(rank_seed(int(_get(cfg, "seed", 0)), info.rank))
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if is_main_process():
+        log.info(f"run {cfg.version_name} ({cfg.run_mode}): {info.world_size} process(es), device {info.device}, "
+                 f"output folder {cfg.output_dir}")
+    status = 0
+    clean = True
+    try:
+        if cfg.run_mode == "train":
+            _train(cfg, args, datasets, info, log)
+        else:
+            _infer(cfg, args, datasets, info, log)
+    except (NonFiniteLossError, ckpt_lib.CheckpointError) as err:  # raised on every rank alike
+        log.error(f"error: {err}")
+        status = 1
+    except BaseException:
+        clean = False  # other ranks may be inside a collective: no barrier, let the launcher tear down
+        raise
+    finally:
+        if clean:
+            cleanup_distributed()
+        close_logger()
+    return status
+
+
+def _build(cfg):
+    from losses import build_criterion
+    from models import build_model
+
+    return build_model(cfg), build_criterion(cfg)
+
+
+def _train(cfg, args, datasets, info, log) -> None:
+    from engine.trainer import Trainer
+
+    model, criterion = _build(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    if is_main_process():
+        log.info(f"model {cfg.model}/{cfg.backbone}: {n_params / 1e6:.2f} M parameters")
+    trainer = Trainer(cfg, model, criterion, datasets["train"], datasets.get("val"), info.device,
+                      output_dir=cfg.output_dir, init_weights=args.trained_model)
+    try:
+        if trainer.iteration >= trainer.max_iter:
+            payload = _final_payload(cfg, trainer.max_iter)
+            if is_main_process():
+                log.info(f"training is already complete ({trainer.iteration}/{trainer.max_iter} iterations in "
+                         f"{trainer.resumed_from}); delete the run folder or raise max_iter to train more")
+            if payload is None:
+                payload = trainer.validate(final=True)
+        else:
+            t0 = time.perf_counter()
+            payload = trainer.train()
+            if is_main_process():
+                log.info(f"training finished in {time.perf_counter() - t0:.1f}s")
+    finally:
+        trainer.close()
+        del trainer
+    if is_main_process():
+        log.info(summary_lines(cfg, payload))
+
+
+def _final_payload(cfg, iteration: int):
+    path = os.path.join(cfg.output_dir, "metrics", f"metrics_iter{iteration:06d}.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        payload["path"] = path
+        return payload
+    return None
+
+
+def _infer(cfg, args, datasets, info, log) -> None:
+    from data import build_dataloader
+
+    model, _ = _build(cfg)
+    ck = ckpt_lib.load_model_weights(model, args.trained_model)
+    model = model.to(info.device)
+    iteration = int(ck.get("iteration", 0) or 0) if isinstance(ck, dict) else 0
+    workers = _get(cfg, "eval_workers", None)
+    workers = int(_get(cfg, "nworkers", 0) if workers is None else workers)
+    loader = build_dataloader(cfg, "val", distributed=info.is_distributed, dataset=datasets["val"],
+                              num_workers=workers)
+    pred_dir = os.path.join(cfg.output_dir, "predictions")
+    t0 = time.perf_counter()
+    res = evaluate(model, loader, cfg, info.device, full_edge=True, seed=int(_get(cfg, "seed", 0)),
+                   amp=bool(_get(cfg, "amp", True)), pred_dir=pred_dir, desc="infer")
+    reference = _get(cfg, "delta_m_reference", None)
+    dm = compute_delta_m(res.results, reference, cfg)
+    payload = {"iteration": iteration, "protocol": "full", "checkpoint": os.path.abspath(args.trained_model),
+               "num_images": res.num_images, "world_size": info.world_size, "seed": int(_get(cfg, "seed", 0)),
+               "results": res.results, "headline": headline_metrics(res.results, cfg), "delta_m": dm,
+               "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3)}
+    if is_main_process():
+        path = os.path.join(cfg.output_dir, "metrics", f"metrics_infer_iter{iteration:06d}.json")
+        payload["path"] = write_json_atomic(path, payload)
+        log.info(f"evaluated {args.trained_model} on {res.num_images} val images in {payload['eval_seconds']:.1f}s")
+        log.info(summary_lines(cfg, payload, checkpoint=args.trained_model))
+
+
+def summary_lines(cfg, payload, checkpoint: str | None = None) -> str:
+    """The closing report: metric table and where everything is."""
+    out = cfg.output_dir
+    lines = ["", "=" * 72]
+    if payload is not None:
+        lines.append(f"metrics at iteration {payload.get('iteration')} ({payload.get('protocol')} protocol, "
+                     f"{payload.get('num_images')} val images):")
+        lines.append(metric_table(payload["results"], cfg, payload.get("delta_m")))
+        if payload.get("delta_m") is not None and payload.get("delta_m_against"):
+            lines.append(f"(Delta_m: mean relative change of the headline metrics against "
+                         f"{payload['delta_m_against']}, in percent)")
+    else:
+        lines.append("no evaluation results (no val split, or training stopped early)")
+    lines.append("-" * 72)
+    lines.append(f"log:          {os.path.join(out, 'log.txt')}")
+    if checkpoint:
+        lines.append(f"checkpoint:   {os.path.abspath(checkpoint)}")
+    else:
+        ck = os.path.join(out, ckpt_lib.CKPT_DIR)
+        lines.append(f"checkpoints:  {os.path.join(ck, ckpt_lib.LAST)}"
+                     + (f", {os.path.join(ck, ckpt_lib.BEST)}" if os.path.isfile(os.path.join(ck, ckpt_lib.BEST))
+                        else ""))
+        lines.append(f"tensorboard:  {os.path.join(out, 'tb')}   (tensorboard --logdir {os.path.join(out, 'tb')})")
+    if payload is not None and payload.get("path"):
+        lines.append(f"metrics:      {payload['path']}")
+    pred = os.path.join(out, "predictions")
+    if os.path.isdir(pred):
+        tasks = sorted(d for d in os.listdir(pred) if os.path.isdir(os.path.join(pred, d)))
+        n = len(glob.glob(os.path.join(pred, "*", "*.png")))
+        lines.append(f"predictions:  {pred}/  ({n} PNG files; {', '.join(tasks)})")
+    lines.append("=" * 72)
+    return "\n".join(lines)

@@ -1,0 +1,448 @@
+"""The training loop (spec §8 recipe, §12.9 weaknesses fixed).
+
+One optimizer step = `grad_accum_steps` micro-batches of `trBatch` images per rank. Iteration k (0-based)
+runs with lr_k = base·(1 − k/max_iter)^0.9 (× warm-up); after it, k+1 iterations are complete and that count
+is what checkpoints store and what a resume continues from (the original stored k−1 and re-ran one step).
+
+Reproducibility and exact resume (see utils/seed.py and engine/train_data.py): before micro-step m of
+iteration k every global RNG (torch CPU/CUDA, numpy, random) is reseeded from (seed, rank, k, m), so
+diffusion times/noise, drop-path and router noise depend only on (seed, rank, k, m); the data stream is
+positioned at micro-batch k·accum with per-sample augmentation seeds. A run killed after a checkpoint at
+iteration N/2 and restarted with the same command therefore computes the same losses for N/2..N as the
+uninterrupted run (tested on CPU; on GPU up to non-deterministic kernels).
+
+Distributed: DistributedDataParallel (device_ids on CUDA), SyncBatchNorm only for CUDA + DDP (its CPU path
+raises). `find_unused_parameters` is True only for the MLoRE model, whose top-k routing can leave experts
+without gradient in a step; the other models use every parameter, and DDP's extra graph traversal is skipped
+(the original always paid it). Evaluation runs on every rank (each its shard) and BatchNorm buffers are
+first broadcast from rank 0, so all ranks evaluate exactly the weights that the checkpoint stores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from engine.evaluator import (compute_delta_m, evaluate, headline_metrics, metric_table, metrics_path,
+                              write_json_atomic)
+from engine.train_data import TrainStream
+from utils import checkpoint as ckpt_lib
+from utils.distributed import (all_gather_object, all_reduce_sum, barrier, broadcast_object, get_rank,
+                               get_world_size, is_dist_avail_and_initialized, is_main_process)
+from utils.logger import Progress, get_logger
+from utils.optim import build_optimizer, build_scheduler, current_lr
+from utils.seed import STEP_STREAM, get_rng_state, mix_seed, rank_seed, seed_everything, set_rng_state
+
+__all__ = ["Trainer", "NonFiniteLossError", "find_unused_for", "prepare_model"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient was NaN/Inf and nonfinite_loss is 'abort' (the weights were not updated)."""
+
+
+def _get(cfg, key, default=None):
+    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if val is None else val
+
+
+def find_unused_for(cfg) -> bool:
+    """MLoRE's top-k routing may leave experts unused in a step; the other models use every parameter."""
+    return str(_get(cfg, "model", "")) == "TaskDiffusion_mlore"
+
+
+def prepare_model(model: nn.Module, cfg, device: torch.device, distributed: bool) -> nn.Module:
+    """Move to device, SyncBatchNorm for CUDA+DDP, channels_last when configured (unwrapped model)."""
+    if distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if bool(_get(cfg, "channels_last", False)):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if not is_dist_avail_and_initialized() or get_world_size() == 1:
+        return
+    bufs = OrderedDict((n, b.detach().cpu()) for n, b in model.named_buffers())
+    bufs = broadcast_object(bufs)
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(bufs[n].to(b.device))
+
+
+class Trainer:
+    """Builds the optimisation state around `model` and runs training with periodic evaluation.
+
+    model: the bare model (moved/wrapped here). train_set / val_set: datasets (val may be None: no eval).
+    output_dir: the run folder; checkpoints/, tb/, metrics/, predictions/ are created inside.
+    init_weights: checkpoint whose weights initialise a fresh run (ignored when last.pth exists: resume wins).
+    """
+
+    def __init__(self, cfg, model: nn.Module, criterion: nn.Module, train_set, val_set, device: torch.device,
+                 output_dir: str | None = None, init_weights: str | None = None, resume: bool = True,
+                 tensorboard: bool = True):
+        self.cfg = cfg
+        self.log = get_logger()
+        self.device = device
+        self.rank, self.world = get_rank(), get_world_size()
+        self.distributed = is_dist_avail_and_initialized() and self.world > 1
+        self.output_dir = output_dir or cfg.output_dir
+        self.seed = int(_get(cfg, "seed", 0))
+        self.max_iter = int(cfg.max_iter)
+        self.val_interval = int(_get(cfg, "val_interval", self.max_iter))
+        self.ckpt_interval = _get(cfg, "ckpt_interval", None)
+        self.accum = int(_get(cfg, "grad_accum_steps", 1))
+        self.batch_size = int(_get(cfg, "trBatch", 2))
+        self.policy = str(_get(cfg, "nonfinite_loss", "abort"))
+        self.amp = bool(_get(cfg, "amp", True)) and device.type == "cuda"
+        self.channels_last = bool(_get(cfg, "channels_last", False))
+        clip = _get(cfg, "grad_clip_param", None) or {}
+        self.clip_norm = _get(clip, "max_norm", None)
+        self.clip_type = float(_get(clip, "norm_type", 2.0))
+        self.train_set, self.val_set = train_set, val_set
+        seed_everything(rank_seed(self.seed, self.rank))
+
+        self.model = prepare_model(model, cfg, device, self.distributed)
+        self.criterion = criterion.to(device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        # bf16 needs no loss scaling; the (disabled) scaler keeps the checkpoint format ready for fp16.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.iteration = 0
+        self.best = None  # {'iteration', 'delta_m', 'reference', 'headline'}
+        self.resumed_from = None
+        last = ckpt_lib.last_checkpoint(self.output_dir) if resume else None
+        if last:
+            self._resume(last)
+            if init_weights:
+                self.log.warning(f"--trained_model {init_weights} is ignored: resuming the run in {self.output_dir} "
+                                 f"(use another --output_dir to start from those weights)")
+        elif init_weights:
+            ckpt_lib.load_model_weights(self.model, init_weights)
+            self.log.info(f"initialised the weights from {init_weights} (fresh optimizer and schedule)")
+
+        self.train_model = self._wrap(self.model)
+        self.tb = None
+        if tensorboard and is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(self.output_dir, "tb"),
+                                    purge_step=self.iteration + 1 if self.resumed_from else None)
+        self.val_loader = self._val_loader() if val_set is not None else None
+        self.history = []  # [(iteration, {term: value})] of this process, for tests and summaries
+
+    # ----------------------------------------------------------------------------- setup
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            dev_ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DDP(model, device_ids=dev_ids, output_device=dev_ids[0] if dev_ids else None,
+                          find_unused_parameters=find_unused_for(self.cfg))
+        if bool(_get(self.cfg, "compile", False)):
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _val_loader(self):
+        from data import build_dataloader
+
+        workers = _get(self.cfg, "eval_workers", None)
+        workers = int(_get(self.cfg, "nworkers", 0) if workers is None else workers)
+        return build_dataloader(self.cfg, "val", distributed=self.distributed, dataset=self.val_set,
+                                num_workers=workers)
+
+    def _resume(self, path: str) -> None:
+        ck = ckpt_lib.load_checkpoint(path)
+        ckpt_lib.load_model_weights(self.model, ck)
+        if ck.get("optimizer") is not None:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scheduler") is not None:
+            sched = dict(ck["scheduler"])
+            # the schedule's shape (max_iter, warm-up) comes from the current config, not the checkpoint
+            sched["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
+            self.scheduler.load_state_dict(sched)
+        if ck.get("scaler") is not None:
+            self.scaler.load_state_dict(ck["scaler"])
+        self.iteration = int(ck.get("iteration", 0))
+        self.best = ck.get("best")
+        # the lr of the next step, as the uninterrupted run (also when max_iter was changed)
+        self.scheduler.last_epoch = self.iteration
+        for g, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            g["lr"] = base * fn(self.iteration)
+        rng = ck.get("rng") or {}
+        set_rng_state(rng.get(str(self.rank)) if isinstance(rng, dict) and str(self.rank) in rng else None)
+        self.resumed_from = path
+        self.log.info(f"resumed from {path}: {self.iteration} of {self.max_iter} iterations done, "
+                      f"next lr {current_lr(self.optimizer):.4g}")
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save(self, is_best: bool = False) -> list:
+        """Rank 0 writes last.pth (+ best.pth, + iter_XXXXXX.pth at ckpt_interval); every rank waits."""
+        rngs = all_gather_object(get_rng_state())
+        paths = []
+        if is_main_process():
+            from utils.config import config_to_dict
+
+            state = ckpt_lib.build_state(self.model, self.optimizer, self.scheduler, self.scaler, self.iteration,
+                                         rng={str(r): s for r, s in enumerate(rngs)},
+                                         config=config_to_dict(self.cfg), best=self.best)
+            periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
+            paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic)
+        barrier()
+        return paths
+
+    # ----------------------------------------------------------------------------- one step
+    def _step_batch(self, batch: dict):
+        tasks = self.cfg.TASKS.NAMES
+        images = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = {t: batch[t].to(self.device, non_blocking=True) for t in tasks}
+        return images, targets
+
+    def _restore_buffers(self, saved: list) -> None:
+        with torch.no_grad():
+            for b, s in zip(self.model.buffers(), saved):
+                b.copy_(s)
+
+    def _nonfinite(self, terms: dict, loss: torch.Tensor, what: str, saved: list) -> bool:
+        """True when any rank has a non-finite loss (all ranks agree); restores the buffers, then reports
+        (raises for 'abort'). Costs one small all-reduce per micro-step in DDP."""
+        bad_local = not bool(torch.isfinite(loss).item())
+        flag = all_reduce_sum(torch.tensor([1 if bad_local else 0], dtype=torch.int64))
+        if int(flag.item()) == 0:
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        self._restore_buffers(saved)
+        names = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())] if bad_local else []
+        per_rank = all_gather_object(names)
+        where = "; ".join(f"rank {r}: {', '.join(n) or 'finite'}" for r, n in enumerate(per_rank)) \
+            if self.world > 1 else ", ".join(names)
+        tasks = sorted({n.split("/", 1)[1] for ns in per_rank for n in ns if "/" in n} - {"total", "main", "aux"})
+        self._report_nonfinite(f"non-finite {what} at iteration {self.iteration + 1} in task(s) "
+                               f"{', '.join(tasks) or '?'} ({where})")
+        return True
+
+    def _report_nonfinite(self, msg: str) -> None:
+        if self.policy == "skip":
+            self.log.warning(msg + "; step skipped (nonfinite_loss: skip), weights unchanged")
+            return
+        last = ckpt_lib.last_checkpoint(self.output_dir)
+        raise NonFiniteLossError(
+            msg + ". Training stopped before the optimizer step, so the weights are not corrupted"
+            + (f"; the last checkpoint is {last}" if last else "")
+            + ". Lower the learning rate, disable amp, or set nonfinite_loss: skip to skip such steps.")
+
+    def train_step(self, stream) -> dict | None:
+        """One optimizer step (accum micro-batches). Returns the averaged loss terms, or None if skipped."""
+        self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict = OrderedDict()
+        # BatchNorm statistics change in the forward, before the loss is known: keep a copy so that a
+        # non-finite step leaves the model exactly as it was (the buffers are small: head BN only)
+        saved = [b.detach().clone() for b in self.model.buffers()]
+        for m in range(self.accum):
+            seed_everything(mix_seed(self.seed, STEP_STREAM, self.rank, self.iteration, m))
+            images, targets = self._step_batch(next(stream))
+            sync = m == self.accum - 1 or not self.distributed
+            ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") else _null()
+            with ctx:
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    out = self.train_model(images, targets)
+                loss, terms = self.criterion(out, targets)
+                if self._nonfinite(terms, loss, "loss", saved):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                (loss / self.accum).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = float(self.clip_norm) if self.clip_norm else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=self.clip_type)
+        if not bool(torch.isfinite(gnorm).item()):  # identical on every rank: gradients are all-reduced
+            self.optimizer.zero_grad(set_to_none=True)
+            self._restore_buffers(saved)
+            self._report_nonfinite(f"non-finite gradient norm at iteration {self.iteration + 1}")
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        vals = torch.stack([v / self.accum for v in sums.values()]).cpu().tolist()
+        out = OrderedDict(zip(sums.keys(), vals))
+        out["grad_norm"] = float(gnorm)
+        return out
+
+    # ----------------------------------------------------------------------------- evaluation
+    def validate(self, final: bool = False) -> dict | None:
+        """Evaluate on every rank; rank 0 writes metrics JSON and TensorBoard; returns the payload."""
+        if self.val_loader is None:
+            return None
+        _broadcast_buffers(self.model)
+        t0 = time.perf_counter()
+        pred_dir = os.path.join(self.output_dir, "predictions") if final else None
+        res = evaluate(self.model, self.val_loader, self.cfg, self.device, full_edge=final, seed=self.seed,
+                       amp=self.amp, pred_dir=pred_dir, n_visuals=4 if self.tb is not None else 0,
+                       desc=f"eval it {self.iteration}")
+        headline = headline_metrics(res.results, self.cfg)
+        reference, against = _get(self.cfg, "delta_m_reference", None), "delta_m_reference of the config"
+        own = not reference
+        if own:  # no published reference: compare with this run's first evaluation
+            reference = (self.best or {}).get("reference") or {t: {self.infos[t].metric: v}
+                                                               for t, v in headline.items()}
+            against = "the first evaluation of this run (tasks scoring 0 there left out)"
+        dm = compute_delta_m(res.results, reference, self.cfg, skip_zero=own)
+        payload = {"iteration": self.iteration, "protocol": "full" if final else "estimate",
+                   "num_images": res.num_images, "world_size": self.world, "seed": self.seed,
+                   "results": res.results, "headline": headline, "delta_m": dm, "delta_m_against": against,
+                   "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3)}
+        if is_main_process():
+            path = write_json_atomic(metrics_path(self.output_dir, self.iteration), payload)
+            payload["path"] = path
+            self.log.info(f"evaluation at iteration {self.iteration} ({payload['protocol']} protocol, "
+                          f"{res.num_images} images, {payload['eval_seconds']:.1f}s) -> {path}\n"
+                          + metric_table(res.results, self.cfg, dm))
+            self._tb_eval(res, dm)
+        return payload
+
+    def _select_best(self, payload: dict) -> bool:
+        """Best by Delta_m (vs delta_m_reference, or vs this run's first evaluation when there is none)."""
+        if payload is None:
+            return False
+        decision = None
+        if is_main_process():
+            dm = payload["delta_m"]
+            better = dm is not None and (self.best is None or self.best.get("delta_m") is None
+                                         or dm > self.best["delta_m"])
+            if better or self.best is None:
+                self.best = {"iteration": self.iteration, "delta_m": dm, "reference": payload["delta_m_reference"],
+                             "headline": payload["headline"]}
+            decision = (better, self.best)
+        better, self.best = broadcast_object(decision)
+        return bool(better)
+
+    @property
+    def infos(self) -> dict:
+        from data.tasks import task_infos
+
+        return task_infos(self.cfg.db_name, self.cfg.TASKS.NAMES)
+
+    # ----------------------------------------------------------------------------- monitoring
+    def _tb_train(self, terms: dict, lr: float, it_s: float) -> None:
+        if self.tb is None:
+            return
+        k = self.iteration
+        for name, v in terms.items():  # loss/<task>, aux/<task>, loss/total, ..., and train/grad_norm
+            self.tb.add_scalar(name if "/" in name else f"train/{name}", v, k)
+        self.tb.add_scalar("train/lr", lr, k)
+        if it_s > 0:
+            self.tb.add_scalar("speed/it_per_s", it_s, k)
+            self.tb.add_scalar("speed/images_per_s", it_s * self.batch_size * self.accum * self.world, k)
+        if self.device.type == "cuda":
+            self.tb.add_scalar("memory/max_allocated_GiB", torch.cuda.max_memory_allocated(self.device) / 2**30, k)
+
+    def _tb_eval(self, res, dm) -> None:
+        if self.tb is None:
+            return
+        k = self.iteration
+        for task, metrics in res.results.items():
+            if not isinstance(metrics, dict):
+                continue
+            for name, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                    self.tb.add_scalar(f"val/{task}/{name}", float(v), k)
+        if dm is not None:
+            self.tb.add_scalar("val/delta_m", dm, k)
+        for name, grid in res.visuals:
+            self.tb.add_image(f"val_images/{name}", grid, k, dataformats="HWC")
+        self.tb.flush()
+
+    # ----------------------------------------------------------------------------- loop
+    def train(self, stop_at: int | None = None) -> dict | None:
+        """Train from self.iteration to max_iter (or to `stop_at`, a test hook simulating a kill).
+
+        Returns the final evaluation payload (None when stopped early or without a val set).
+        """
+        cfg, log = self.cfg, self.log
+        nworkers = int(_get(cfg, "nworkers", 0))
+        stream = TrainStream(self.train_set, self.batch_size, self.seed, self.rank, self.world,
+                             num_workers=nworkers, start_micro=self.iteration * self.accum,
+                             pin_memory=self.device.type == "cuda")
+        end = self.max_iter if stop_at is None else min(int(stop_at), self.max_iter)
+        print_freq = int(_get(cfg, "print_freq", 200))
+        every = max(1, min(print_freq, max(self.max_iter // 20, 1)))
+        progress = Progress(self.max_iter, start=self.iteration, desc="train", every=every,
+                            enabled=is_main_process())
+        if is_main_process():
+            log.info(f"training iterations {self.iteration + 1}..{end} of {self.max_iter}: {self.world} "
+                     f"process(es) x trBatch {self.batch_size} x accum {self.accum} on {self.device}, "
+                     f"{stream.batches_per_epoch} batches per epoch per process, amp "
+                     f"{'bf16' if self.amp else 'off (fp32)'}")
+        jsonl = None
+        if is_main_process():  # one JSON line per iteration: lr and every loss term (appended on resume)
+            os.makedirs(os.path.join(self.output_dir, "metrics"), exist_ok=True)
+            jsonl = open(os.path.join(self.output_dir, "metrics", "train_log.jsonl"), "a", encoding="utf-8")
+        final = None
+        t_last = time.perf_counter()
+        try:
+            while self.iteration < end:
+                lr = current_lr(self.optimizer)
+                terms = self.train_step(stream)
+                self.iteration += 1
+                stream.seek(self.iteration * self.accum)  # a skipped step may have left micro-batches unread
+                now = time.perf_counter()
+                it_s = 1.0 / max(now - t_last, 1e-9)
+                t_last = now
+                if terms is None:  # skipped step: the schedule still advances (as the uninterrupted run)
+                    self.scheduler.step()
+                else:
+                    self.history.append((self.iteration, {"lr": lr, **terms}))
+                    if jsonl is not None:
+                        jsonl.write(json.dumps({"iteration": self.iteration, "lr": lr, **terms}) + "\n")
+                        jsonl.flush()
+                    self._tb_train(terms, lr, it_s)
+                    progress.update(1, loss=terms.get("loss/total", float("nan")), lr=lr)
+                last = self.iteration == self.max_iter
+                do_eval = self.iteration % self.val_interval == 0 or last
+                do_ckpt = do_eval or (self.ckpt_interval and self.iteration % int(self.ckpt_interval) == 0)
+                if do_eval:
+                    progress.write(f"iteration {self.iteration}: evaluating ({'full' if last else 'estimate'})")
+                    payload = self.validate(final=last)
+                    is_best = self._select_best(payload)
+                    if last:
+                        final = payload
+                else:
+                    is_best = False
+                if do_ckpt:
+                    paths = self.save(is_best=is_best)
+                    if paths:
+                        log.info(f"checkpoint: {', '.join(paths)}")
+        finally:
+            progress.close()
+            if jsonl is not None:
+                jsonl.close()
+            stream.close()
+            if self.tb is not None:
+                self.tb.flush()
+        return final
+
+    def close(self) -> None:
+        """Release the DDP wrapper and TensorBoard writer (before the process group is destroyed)."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        self.train_model = None
+        self.val_loader = None
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

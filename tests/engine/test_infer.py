@@ -1,0 +1,91 @@
+"""infer.py: a folder of images of different sizes -> every per-task file at the original size plus an
+overview; per-image seeded sampling (batch size does not matter); split:val also writes metrics.json."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer
+from engine.evaluator import PredictionWriter
+from tests.engine.conftest import BASE_OPTS, CONFIG, tiny_cfg
+from utils.checkpoint import build_state, save_checkpoint
+
+SIZES = {"wide": (30, 40), "big": (100, 64), "thin": (17, 48)}  # "big" is larger than the 48×48 network size
+TASKS = ["semseg", "human_parts", "sal", "normals", "edge"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory):
+    from models import build_model
+
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = tiny_cfg(tiny_data, out)
+    torch.manual_seed(0)
+    return save_checkpoint(build_state(build_model(cfg), iteration=0), str(out))[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in SIZES.items():
+        arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / (f"{name}.jpg" if name == "thin" else f"{name}.png"))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _infer(ckpt, inp, out, *extra, data=None):
+    argv = ["--config_exp", CONFIG, "--trained_model", ckpt, "--input", str(inp), "--output", str(out),
+            "--device", "cpu", *extra]
+    if data:
+        argv += ["--data_root", data]
+    return infer.main(argv + ["--opts", *BASE_OPTS])
+
+
+def test_folder_of_images(checkpoint, images, tmp_path):
+    assert _infer(checkpoint, images, tmp_path / "a", "--batch_size", "2", "--seed", "7") == 0
+    for name, (h, w) in SIZES.items():
+        for t in TASKS:
+            im = Image.open(tmp_path / "a" / t / f"{name}.png")
+            assert im.size == (w, h), (t, name)
+            assert im.mode == {"semseg": "P", "human_parts": "P", "normals": "RGB"}.get(t, "L")
+        assert (tmp_path / "a" / "overview" / f"{name}.png").is_file()
+    assert not (tmp_path / "a" / "metrics.json").exists()
+    # the same seed with another batch size gives the same predictions (noise is drawn per image)
+    assert _infer(checkpoint, images, tmp_path / "b", "--batch_size", "1", "--seed", "7") == 0
+    for name in SIZES:
+        for t in TASKS:
+            a = np.asarray(Image.open(tmp_path / "a" / t / f"{name}.png"))
+            b = np.asarray(Image.open(tmp_path / "b" / t / f"{name}.png"))
+            assert np.array_equal(a, b), (t, name)
+
+
+def test_single_image_and_bad_input(checkpoint, images, tmp_path, capsys):
+    assert _infer(checkpoint, images / "wide.png", tmp_path / "one") == 0
+    assert sorted(p.name for p in (tmp_path / "one" / "semseg").iterdir()) == ["wide.png"]
+    assert _infer(checkpoint, tmp_path / "missing", tmp_path / "x") == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_split_val_writes_metrics(checkpoint, tiny_data, tmp_path):
+    assert _infer(checkpoint, "split:val", tmp_path / "v", "--batch_size", "3", data=tiny_data) == 0
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert m["num_images"] == 4 and set(m["results"]) == set(TASKS) and "odsF" in m["results"]["edge"]
+    assert len(list((tmp_path / "v" / "overview").glob("*.png"))) == 4
+    assert all(len(list((tmp_path / "v" / t).glob("*.png"))) == 4 for t in TASKS)
+
+
+def test_depth_writer(tmp_path):
+    from data.tasks import task_infos
+
+    infos = task_infos("NYUD", ["depth"])
+    w = PredictionWriter(str(tmp_path), infos)
+    paths = w.write("0001", {"depth": np.array([[0.5, 2.25], [10.0, 0.0]], np.float32)})
+    import cv2
+
+    mm = cv2.imread(paths[0], cv2.IMREAD_UNCHANGED)
+    assert mm.dtype == np.uint16 and mm.tolist() == [[500, 2250], [10000, 0]]
+    assert np.asarray(Image.open(tmp_path / "depth_color" / "0001.png")).shape == (2, 2, 3)
