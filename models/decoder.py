@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.diffusion import upsample_bilinear
+
 
 def time_mlp(time_dim: int, channels: int) -> nn.Sequential:
     """A block's FiLM projection `time_mlp`: SiLU -> Linear(C -> 2·channels) (its Linear is `time_mlp.1`)."""
@@ -25,6 +27,146 @@ def film(y: torch.Tensor, temb: torch.Tensor, proj: nn.Module) -> torch.Tensor:
     """y·(1 + scale) + shift with (scale, shift) = proj(temb) split in halves (broadcast over h, w)."""
     scale, shift = proj(temb)[:, :, None, None].chunk(2, dim=1)  # b out 1 1 each
     return y * (scale + 1) + shift
+
+
+class FilmParams:
+    """The FiLM projections (and, in eval mode, the BatchNorms) of many blocks, concatenated once.
+
+    Why: every time-conditioned block computes Linear(SiLU(temb)) for its own scale/shift: ~50 tiny
+    matmuls per DDIM step on the same input, plus BN and three elementwise passes over the block's
+    big output. With all projections stacked (scales of every block, then shifts) one matmul per step
+    gives every block's coefficients (`FilmTable`), and in eval mode the BatchNorm (running stats)
+    and the conv bias fold into them, so a block's BN + FiLM is a single multiply-add
+    `a·A + B` on the bias-free conv output. Built from the live parameters on every call (gradients
+    flow into each block's own Linear); `blocks[i].film_slot` must be i (the head assigns it).
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        self.sizes = [int(b.norm.num_features) for b in blocks]
+        lins = [b.time_mlp[1] for b in blocks]
+        self.weight = torch.cat([l.weight[:n] for l, n in zip(lins, self.sizes)]
+                                + [l.weight[n:] for l, n in zip(lins, self.sizes)])  # (2 Σout) time_dim
+        self.bias = torch.cat([l.bias[:n] for l, n in zip(lins, self.sizes)]
+                              + [l.bias[n:] for l, n in zip(lins, self.sizes)])
+        self.fold = all(type(b.norm) is nn.BatchNorm2d and not b.norm.training and b.norm.running_var is not None
+                        and b.norm.affine and b.conv_1.bias is not None for b in blocks)
+        if self.fold:  # BN(a0 + bias) = a0·inv + (beta + (bias - mean)·inv)
+            inv = [b.norm.weight * torch.rsqrt(b.norm.running_var + b.norm.eps) for b in blocks]
+            self.inv = torch.cat(inv)
+            self.shift0 = torch.cat([b.norm.bias + (b.conv_1.bias - b.norm.running_mean) * i
+                                     for b, i in zip(blocks, inv)])
+
+    def table(self, temb: torch.Tensor) -> "FilmTable":
+        return FilmTable(self, temb)
+
+
+class FilmTable:
+    """Per-step FiLM coefficients of the blocks of a FilmParams, for one time embedding temb (b × time_dim).
+
+    `coeffs(block)` -> (A, B), each b×out×1×1: the block computes `BN(conv)·(1 + scale) + shift` as
+    `addcmul(B, a, A)` where a is the conv output with bias (`folded` False: A = 1 + scale, B = shift,
+    BN applied by the block) or without bias and BN (`folded` True: eval-mode BN folded in).
+    """
+
+    def __init__(self, params: FilmParams, temb: torch.Tensor):
+        n = sum(params.sizes)
+        ss = F.linear(F.silu(temb), params.weight, params.bias)  # b (2 Σout)
+        a, b = ss[:, :n] + 1, ss[:, n:]
+        if params.fold:
+            a, b = params.inv * a, params.shift0 * a + b
+        self.folded = params.fold
+        self.a = a.split(params.sizes, dim=1)
+        self.b = b.split(params.sizes, dim=1)
+
+    def coeffs(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        i = block.film_slot
+        return self.a[i][:, :, None, None], self.b[i][:, :, None, None]
+
+
+def conv_bn_film(block: nn.Module, x: torch.Tensor, temb, upsample_to: Sequence[int] | None = None) -> torch.Tensor:
+    """FiLM(BN(conv_1(up(x)))) of a time-conditioned block, for a tensor temb (the plain formula) or a
+    FilmTable (one multiply-add on the conv output). `upsample_to`: bilinear ×-upsampling before the
+    3×3 conv_1, computed at the low resolution (conv3x3_of_upsampled)."""
+    conv = block.conv_1
+    if not isinstance(temb, FilmTable):
+        a = conv(x) if upsample_to is None else conv3x3_of_upsampled(x, conv.weight, conv.bias, upsample_to)
+        return film(block.norm(a), temb, block.time_mlp)
+    bias = None if temb.folded else conv.bias
+    if upsample_to is None:
+        a = F.conv2d(x, conv.weight, bias, conv.stride, conv.padding)
+    else:
+        a = conv3x3_of_upsampled(x, conv.weight, bias, upsample_to)
+    if not temb.folded:
+        a = block.norm(a)
+    ca, cb = temb.coeffs(block)
+    return torch.addcmul(cb.to(a.dtype), a, ca.to(a.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact rewrites used by the fast path (same numbers as the plain forward up to float rounding)
+# --------------------------------------------------------------------------------------------------
+#
+# Why: the decoder's biggest convolutions run right after a ×4 bilinear upsampling (the last
+# refinement layer and every auxiliary head), i.e. on 16× more pixels than the information they
+# carry. A k×k convolution is a sum of per-tap channel mixes W_k; a channel mix commutes with any
+# spatial linear map, and bilinear weights sum to 1, so
+#     conv3x3(up(x), W, b) = b + Σ_k shift_k( up( W_k x ) )        (zero padding = zero shift fill)
+# : the channel mixing runs at the low resolution (16× fewer MACs) and only cheap per-channel
+# upsampling, shifting and adding happen at the high resolution. Same for a 1×1 conv: it commutes
+# with the upsampling. Intermediates are kept in float32 under autocast (the plain conv accumulates
+# in float32 too), so bf16 loses nothing extra.
+
+
+def _shift_sum(y: torch.Tensor, dim: int) -> torch.Tensor:
+    """y: b 3 c ... with taps k = 0, 1, 2 on axis 1 -> Σ_k y_k shifted by (k - 1) along `dim` (zero fill).
+
+    Cross-correlation: out[i] = Σ_k y_k[i + k - 1], so tap 0 reads one to the left, tap 2 one to the right.
+    """
+    out = y[:, 1].clone()
+    n = y.shape[dim]
+    out.narrow(dim - 1, 1, n - 1).add_(y[:, 0].narrow(dim - 1, 0, n - 1))
+    out.narrow(dim - 1, 0, n - 1).add_(y[:, 2].narrow(dim - 1, 1, n - 1))
+    return out
+
+
+def conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         size: Sequence[int]) -> torch.Tensor:
+    """Exactly `conv2d(bilinear_upsample(x, size), weight, bias, padding=1)` for a 3×3 kernel, computed
+    with the channel mixing at the low resolution (see the note above). x: b ci h w -> b co H W."""
+    b, _, h, w = x.shape
+    co = weight.shape[0]
+    big_h, big_w = int(size[0]), int(size[1])
+    # all 9 taps as one 1×1 conv: weight co ci 3 3 -> (ky kx co) ci 1 1
+    w9 = weight.permute(2, 3, 0, 1).reshape(9 * co, -1, 1, 1)
+    z = F.conv2d(x, w9)  # b (ky kx co) h w
+    out_dtype = z.dtype
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # bf16/fp16 -> fp32; fp32/fp64 unchanged
+    # separable bilinear: along W first (an unchanged axis is an exact identity), shift-sum the kx taps,
+    # then along H and shift-sum the ky taps (3× fewer channels to upsample in the second pass)
+    z = F.interpolate(z, size=(h, big_w), mode="bilinear", align_corners=False)
+    z = _shift_sum(z.view(b * 3, 3, co, h, big_w), dim=4).view(b, 3 * co, h, big_w)  # b (ky co) h W
+    z = F.interpolate(z, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    z = _shift_sum(z.view(b, 3, co, big_h, big_w), dim=3)  # b co H W
+    if bias is not None:
+        z = z + bias.to(z.dtype).view(1, -1, 1, 1)
+    return z.to(out_dtype)
+
+
+def border_bias(weight: torch.Tensor, inner_bias: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """conv2d(const map `inner_bias` with zero padding, weight, padding=k//2): 1×co×H×W.
+
+    Needed when two linear convolutions are composed into one: the inner bias is a constant map, but
+    the outer conv's zero padding makes its contribution smaller on the border pixels.
+    """
+    k = weight.shape[-1]
+    wb = torch.einsum("omyx,m->oyx", weight, inner_bias).unsqueeze(1)  # co 1 k k
+    ones = torch.ones((1, 1, int(size[0]), int(size[1])), dtype=wb.dtype, device=wb.device)
+    return F.conv2d(ones, wb, padding=k // 2)
+
+
+def compose_1x1_into(outer: torch.Tensor, inner_1x1: torch.Tensor) -> torch.Tensor:
+    """Weight of conv(outer) ∘ conv1×1(inner): outer co m k k, inner m ci 1 1 -> co ci k k."""
+    return torch.einsum("omyx,mi->oiyx", outer, inner_1x1.flatten(1))
 
 
 class CondConvMLP(nn.Module):
@@ -47,9 +189,32 @@ class CondConvMLP(nn.Module):
         self.norm = nn.BatchNorm2d(mid_channels)
         self.time_mlp = time_mlp(time_dim, mid_channels)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        y = self.conv_2(F.gelu(film(self.norm(self.conv_1(x)), temb, self.time_mlp)))
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | FilmTable) -> torch.Tensor:
+        y = self.conv_2(F.gelu(conv_bn_film(self, x, temb)))
         return x + y if self.residual else y
+
+    def forward_into_head(self, x: torch.Tensor, temb: torch.Tensor | FilmTable, head: nn.Conv2d,
+                          size: Sequence[int] | None = None) -> torch.Tensor:
+        """`head(self(up(x)))` (up = bilinear to `size`, or none) without its two largest costs.
+
+        Same numbers as the plain composition (float rounding aside), but: conv_1 runs at the low
+        resolution (conv3x3_of_upsampled), and conv_2 (1×1) is folded into the 3×3 `head` (linear after
+        linear: one C->K conv instead of C->C then C->K at the high resolution). For a residual block
+        head(up(x) + y) = head(up(x)) + head_nobias(y), and head(up(x)) is again computed at low resolution.
+        """
+        if not (self.residual and self.conv_1.kernel_size == (3, 3) and self.conv_2.kernel_size == (1, 1)
+                and head.kernel_size == (3, 3) and head.padding == (1, 1)):
+            x_in = upsample_bilinear(x, size) if size is not None else x
+            return head(self(x_in, temb))
+        hw = tuple(size) if size is not None else tuple(x.shape[-2:])
+        g = F.gelu(conv_bn_film(self, x, temb, upsample_to=size))
+        if size is not None:
+            base = conv3x3_of_upsampled(x, head.weight, head.bias, hw)  # head(up(x)), K channels
+        else:
+            base = head(x)
+        w = compose_1x1_into(head.weight, self.conv_2.weight)  # K C 3 3
+        y = F.conv2d(g, w, None, padding=1) + border_bias(head.weight, self.conv_2.bias, hw)
+        return base + y
 
 
 class CondConv(nn.Module):
@@ -61,8 +226,8 @@ class CondConv(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
         self.time_mlp = time_mlp(time_dim, out_channels)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return film(self.norm(self.conv_1(x)), temb, self.time_mlp)
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | FilmTable) -> torch.Tensor:
+        return conv_bn_film(self, x, temb)
 
 
 class ConvMLP(nn.Module):
@@ -77,6 +242,24 @@ class ConvMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_2(F.gelu(self.norm(self.conv_1(x)))) + self.conv_3(x)
+
+    def forward_into_head(self, x: torch.Tensor, head: nn.Conv2d, size: Sequence[int]) -> torch.Tensor:
+        """`head(self(up(x)))` with up = bilinear to `size` (the auxiliary head), computed exactly but
+        with every conv that reads the upsampled 4C-channel map moved to the low resolution.
+
+        conv_1 (3×3) via conv3x3_of_upsampled; conv_3 (1×1) commutes with the upsampling; conv_2 (1×1)
+        is folded into the 3×3 head. Only BN, GELU and one C->K 3×3 conv run at the high resolution.
+        """
+        if not (self.conv_1.kernel_size == (3, 3) and self.conv_2.kernel_size == (1, 1)
+                and self.conv_3.kernel_size == (1, 1) and head.kernel_size == (3, 3) and head.padding == (1, 1)):
+            return head(self(upsample_bilinear(x, size)))
+        hw = tuple(size)
+        a = conv3x3_of_upsampled(x, self.conv_1.weight, self.conv_1.bias, hw)
+        g = F.gelu(self.norm(a))
+        skip = self.conv_3(x)  # b C h w: the 1×1 skip at low resolution, upsampled inside the next call
+        base = conv3x3_of_upsampled(skip, head.weight, head.bias, hw)  # head(up(conv_3 x))
+        w = compose_1x1_into(head.weight, self.conv_2.weight)
+        return base + F.conv2d(g, w, None, padding=1) + border_bias(head.weight, self.conv_2.bias, hw)
 
 
 def task_feat_block(channels: int) -> nn.Sequential:
@@ -96,9 +279,32 @@ class NoisyInputFusion(nn.Module):
         self.conv_transforms = nn.ModuleList(
             nn.Conv2d(channels + noisy_channels, channels, 1) for _ in range(num_levels))
 
-    def forward(self, levels: Sequence[torch.Tensor], z: torch.Tensor) -> list[torch.Tensor]:
-        # levels: L × (b c h w); z: b m h w -> L × (b c h w); feature channels come first
+    def forward(self, levels: Sequence[torch.Tensor], z: torch.Tensor,
+                feature_part: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """levels: L × (b c h w); z: b m h w -> L × (b c h w); feature channels come first.
+
+        conv(cat(F_l, z)) = (W_F·F_l + bias) + W_z·z. The first term depends on the backbone only, so
+        DDIM sampling computes it once (`feature_part`) and passes it back on every step; the z term
+        of all levels is one 1×1 conv M -> L·C, run in float32 even under autocast: z carries the
+        ±bit_scale signal on top of unit noise, which bf16 (8-bit mantissa) would mostly round away.
+        """
+        if feature_part is None:
+            feature_part = self.feature_part(levels)
+        c = feature_part[0].shape[1]
+        wz = torch.cat([conv.weight[:, c:] for conv in self.conv_transforms], dim=0)  # (L c) m 1 1
+        acc = torch.promote_types(z.dtype, torch.float32)
+        with torch.autocast(z.device.type, enabled=False):
+            nz = F.conv2d(z.to(acc), wz.to(acc))  # b (L c) h w
+        return [f + n for f, n in zip(feature_part, nz.chunk(len(self.conv_transforms), dim=1))]
+
+    def forward_concat(self, levels: Sequence[torch.Tensor], z: torch.Tensor) -> list[torch.Tensor]:
+        """The original's formulation, conv1×1(cat(F_l, z)) per level (reference path of the head)."""
         return [conv(torch.cat([f, z], dim=1)) for conv, f in zip(self.conv_transforms, levels)]
+
+    def feature_part(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """W_F·F_l + bias for every level (the part of the fusion that does not see the noisy map)."""
+        c = levels[0].shape[1]
+        return [F.conv2d(f, conv.weight[:, :c], conv.bias) for conv, f in zip(self.conv_transforms, levels)]
 
 
 class SharedNoisyFPN(nn.Module):
@@ -146,11 +352,15 @@ class CrossTaskFPN(nn.Module):
             s = self.share_fpn(fused[l], temb, l)
             g = self.mask_task[l](s, temb)  # b (T_target T_source) h w
             b, _, h, w = g.shape
-            gates = torch.sigmoid(g).view(b, n, n, h, w)
-            src = torch.stack([clean[l][k] for k in tasks], dim=1)  # b T_source c h w
-            mixed = torch.einsum("bijhw,bjchw->bichw", gates, src)  # b T_target c h w
+            gates = torch.sigmoid(g)
             for i, k in enumerate(tasks):
-                per_task[k].append(self.specific_head[l][k](mixed[:, i], temb))
+                # U_i = Σ_j sigmoid(G[:, i, j]) · P_j: T multiply-adds of C-channel maps. (An einsum
+                # over a stacked b T T h w × b T c h w pair becomes a per-pixel batched matmul of
+                # T×T by T×C: on CPU it took 60% of the whole inference.)
+                u = gates[:, i * n:i * n + 1] * clean[l][tasks[0]]
+                for j in range(1, n):
+                    u = torch.addcmul(u, gates[:, i * n + j:i * n + j + 1], clean[l][tasks[j]])
+                per_task[k].append(self.specific_head[l][k](u, temb))
         out = {}
         for k in tasks:
             v = torch.stack(per_task[k], dim=1)  # b L c h w

@@ -79,8 +79,9 @@ def noise_latent(x0: torch.Tensor, logsnr: torch.Tensor, noise: torch.Tensor) ->
 
 
 def to_bits(x: torch.Tensor, bit_scale: float) -> torch.Tensor:
-    """Squash a label embedding into (-bit_scale, bit_scale): (2·sigmoid(x) - 1)·bit_scale."""
-    return (torch.sigmoid(x) * 2 - 1) * bit_scale
+    """Squash a label embedding into (-bit_scale, bit_scale): (2·sigmoid(x) - 1)·bit_scale, in float32
+    (the bits are a ±0.01 signal added to unit noise: low precision would round it away)."""
+    return (torch.sigmoid(x.to(torch.promote_types(x.dtype, torch.float32))) * 2 - 1) * bit_scale
 
 
 # --------------------------------------------------------------------------------------------------

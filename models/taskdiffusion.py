@@ -21,7 +21,8 @@ from torch import nn
 
 from data.tasks import TaskInfo, task_infos
 from models.backbone import build_backbone
-from models.decoder import ConvMLP, CondConvMLP, CrossTaskFPN, NoisyInputFusion, task_feat_block
+from models.decoder import (CondConv, CondConvMLP, ConvMLP, CrossTaskFPN, FilmParams, NoisyInputFusion,
+                            task_feat_block)
 from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_pairs, draw_sample_noise,
                               draw_train_noise, draw_train_times, logsnr_cosine, noise_latent, to_bits,
                               upsample_bilinear)
@@ -101,6 +102,41 @@ class TaskDiffusionHead(nn.Module):
             nn.ModuleDict({t: CondConvMLP(c, c, c, c, residual=True) for t in self.tasks})
             for _ in range(module_layer))
         self.fpn_encoder = CrossTaskFPN(self.tasks, c, c, self.num_levels, self.build_feat_task)
+        # Fast path (default): exact rewrites of the expensive parts, see `set_fast_path`.
+        self.fast_path = True
+        for i, blk in enumerate(self.film_blocks()):
+            blk.film_slot = i  # index into the per-step FiLM table (decoder.FilmParams)
+
+    def set_fast_path(self, enabled: bool = True) -> "TaskDiffusionHead":
+        """Choose between the fast path (default) and the reference path; both give the same numbers.
+
+        The reference path runs the decoder op for op as spec §4.7-4.9 writes it (the original's way:
+        cat + conv for the noisy-input fusion on every DDIM step, upsample then convolve in the last
+        refinement layer and in the aux heads, one conv per task everywhere). The fast path:
+          * caches the backbone half of the noisy-input fusion across DDIM steps;
+          * runs the convs that read ×4-upsampled maps at the low resolution (exact identity, see
+            models/decoder.py) and folds conv_2 of the last refinement layer / aux body into the
+            3×3 prediction conv, cutting the last step's and the aux heads' MACs by ~10×;
+          * applies the first TaskFeat conv of all tasks of a level as one conv (same input);
+          * computes every block's FiLM scale/shift with one matmul per step and, in eval mode,
+            folds BatchNorm + conv bias + FiLM into one multiply-add (decoder.FilmParams).
+        The reference path exists for the benchmarks (speed ratio against the original's way) and
+        the tests (fast == reference, values and gradients). Returns self.
+        """
+        self.fast_path = bool(enabled)
+        return self
+
+    def film_blocks(self) -> list[nn.Module]:
+        """The time-conditioned blocks of the decoder, in a fixed order (their FiLM table slots)."""
+        mods = list(self.fpn_encoder.modules()) + list(self.encoders.modules())
+        return [m for m in mods if isinstance(m, (CondConv, CondConvMLP))]
+
+    def film_params(self) -> FilmParams | None:
+        """Concatenated FiLM projections for the fast path (once per forward / sampling call)."""
+        blocks = self.film_blocks()
+        if not self.fast_path or not blocks or any(getattr(b, "film_slot", None) != i for i, b in enumerate(blocks)):
+            return None
+        return FilmParams(blocks)
 
     # ---------------------------------------------------------------------------------- hooks
     def build_feat_task(self, level: int) -> nn.Module:
@@ -114,27 +150,54 @@ class TaskDiffusionHead(nn.Module):
         if hook_kwargs:
             raise TypeError(f"TaskDiffusionHead got unexpected arguments {sorted(hook_kwargs)}")
         feat_task = self.fpn_encoder.feat_task
-        return [{t: feat_task[l][t](x) for t in self.tasks} for l, x in enumerate(levels)], {}
+        if not self.fast_path:
+            return [{t: feat_task[l][t](x) for t in self.tasks} for l, x in enumerate(levels)], {}
+        clean = []
+        for l, x in enumerate(levels):
+            blocks = [feat_task[l][t] for t in self.tasks]
+            if not all(isinstance(b, nn.Sequential) and isinstance(b[0], nn.Conv2d) for b in blocks):
+                clean.append({t: b(x) for t, b in zip(self.tasks, blocks)})
+                continue
+            # the first conv of every task reads the same level: one conv with T·C outputs
+            firsts = [b[0] for b in blocks]
+            y = F.conv2d(x, torch.cat([m.weight for m in firsts]), torch.cat([m.bias for m in firsts]),
+                         padding=firsts[0].padding)  # b (T c) h w
+            feats = {}
+            for t, b, yt in zip(self.tasks, blocks, y.chunk(len(blocks), dim=1)):
+                for i in range(1, len(b)):
+                    yt = b[i](yt)
+                feats[t] = yt
+            clean.append(feats)
+        return clean, {}
 
     # ------------------------------------------------------------------------ label encoding
     def _embed_index(self, task: str, labels: torch.Tensor) -> torch.Tensor:
         return self.embedding_tables[task](labels).permute(0, 3, 1, 2)  # b h w e -> b e h w
 
     def _fuse_embeddings(self, embs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[separate embeddings (E each) | embed_all(concat(others)) (C)] -> bits, B×M×h×w."""
+        """[separate embeddings (E each) | embed_all(concat(others)) (C)] -> bits, B×M×h×w (float32)."""
         parts = [embs[t] for t in self.separate_tasks]
         if self.fused_tasks:
             parts.append(self.embed_all(torch.cat([embs[t] for t in self.fused_tasks], dim=1)))
         return to_bits(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], self.bit_scale)
 
+    def _no_autocast(self, ref: torch.Tensor):
+        """Label embeddings and bits stay float32 under autocast: they are tiny (low resolution, E/C
+        channels) and the ±bit_scale bits would lose most of their resolution in bf16."""
+        return torch.autocast(ref.device.type, enabled=False)
+
     def encode_labels(self, targets: Mapping[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         """Ground truths (B×C×H×W, as in a batch) -> clean latent bits x0, B×M×h×w (spec §4.4)."""
+        with self._no_autocast(next(iter(targets.values()))):
+            return self._encode_labels(targets, size)
+
+    def _encode_labels(self, targets: Mapping[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         embs = {}
         for t, info in self.task_infos.items():
             if t not in targets:
                 raise KeyError(f"training forward: no ground truth for task {t!r} in targets "
                                f"(have {sorted(targets)})")
-            gt = targets[t].float()
+            gt = targets[t].to(self.embedding_tables[t].weight.dtype)  # float32 (float64 in tests)
             if info.is_discrete:
                 lab = F.interpolate(gt, size=tuple(size), mode="nearest")[:, 0].long()  # b h w
                 lab = torch.where(lab == int(info.ignore_value), torch.full_like(lab, info.num_classes), lab)
@@ -170,10 +233,11 @@ class TaskDiffusionHead(nn.Module):
     def encode_predictions(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Predicted logits -> bits x̂0 (spec §4.9 step 4; no invalid-embedding blend at inference)."""
         embs = {}
-        for t, info in self.task_infos.items():
-            lab = self.prediction_labels(t, logits[t])
-            embs[t] = self._embed_index(t, lab) if info.is_discrete else self.embedding_tables[t](lab)
-        return self._fuse_embeddings(embs)
+        with self._no_autocast(next(iter(logits.values()))):
+            for t, info in self.task_infos.items():
+                lab = self.prediction_labels(t, logits[t].to(torch.promote_types(logits[t].dtype, torch.float32)))
+                embs[t] = self._embed_index(t, lab) if info.is_discrete else self.embedding_tables[t](lab)
+            return self._fuse_embeddings(embs)
 
     # ----------------------------------------------------------------------------- decoder core
     def split_levels(self, features: torch.Tensor) -> list[torch.Tensor]:
@@ -183,22 +247,52 @@ class TaskDiffusionHead(nn.Module):
         return list(features.chunk(self.num_levels, dim=1))
 
     def decode(self, fused: Sequence[torch.Tensor], temb: torch.Tensor, clean: Sequence[dict],
-               upsample: bool) -> dict[str, torch.Tensor]:
-        """Spec §4.7 steps 2-6: gating FPN, refinement (×4 before the last layer if upsample), heads."""
+               upsample: bool, film: FilmParams | None = None) -> dict[str, torch.Tensor]:
+        """Spec §4.7 steps 2-6: gating FPN, refinement (×4 before the last layer if upsample), heads.
+
+        film: this call's concatenated FiLM projections (fast path; built here when not given).
+        """
+        if self.fast_path:
+            film = film if film is not None else self.film_params()
+            if film is not None:
+                temb = film.table(temb)  # every block's FiLM coefficients from one matmul
         x = self.fpn_encoder(fused, temb, clean)
         h, w = fused[0].shape[-2:]
         last = len(self.encoders) - 1
-        for k, layer in enumerate(self.encoders):
-            up = upsample and k == last
+        if not self.fast_path or last < 0:
+            for k, layer in enumerate(self.encoders):
+                up = upsample and k == last
+                for t in self.tasks:
+                    xt = upsample_bilinear(x[t], (4 * h, 4 * w)) if up else x[t]
+                    x[t] = layer[t](xt, temb)
+            return {t: self.pred_heads[t](x[t]) for t in self.tasks}
+        for k in range(last):
+            layer = self.encoders[k]
             for t in self.tasks:
-                xt = upsample_bilinear(x[t], (4 * h, 4 * w)) if up else x[t]
-                x[t] = layer[t](xt, temb)
-        return {t: self.pred_heads[t](x[t]) for t in self.tasks}
+                x[t] = layer[t](x[t], temb)
+        # last layer + prediction head together: the ×4 work runs at low resolution (exact rewrite)
+        size = (4 * h, 4 * w) if upsample else None
+        return {t: self.encoders[last][t].forward_into_head(x[t], temb, self.pred_heads[t], size)
+                for t in self.tasks}
 
     def aux_forward(self, clean: Sequence[dict], size: Sequence[int]) -> dict[str, torch.Tensor]:
         """Aux logits from the ×4-upsampled concat of the clean levels of each task (spec §4.8 step 6)."""
-        return {t: self.aux_heads[t](upsample_bilinear(torch.cat([p[t] for p in clean], dim=1), size))
-                for t in self.tasks}
+        out = {}
+        for t in self.tasks:
+            y = torch.cat([p[t] for p in clean], dim=1)  # b (L c) h w
+            seq = self.aux_heads[t]
+            if self.fast_path and len(seq) == 2 and type(seq[0]) is ConvMLP and isinstance(seq[1], nn.Conv2d):
+                out[t] = seq[0].forward_into_head(y, seq[1], size)  # the upsampled map is never built
+            else:
+                out[t] = seq(upsample_bilinear(y, size))
+        return out
+
+    def fuse_noisy(self, levels: Sequence[torch.Tensor], z: torch.Tensor,
+                   feature_part: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """NoisyInputFusion on the fast path (backbone half cacheable) or the reference path."""
+        if not self.fast_path:
+            return self.transforms.forward_concat(levels, z)
+        return self.transforms(levels, z, feature_part=feature_part)
 
     # --------------------------------------------------------------------------------- training
     def forward_train(self, features: torch.Tensor, targets: Mapping[str, torch.Tensor],
@@ -224,7 +318,7 @@ class TaskDiffusionHead(nn.Module):
         lam = logsnr_cosine(times)
         z = noise_latent(x0, lam, noise.to(x0.device))
         temb = self.time_mlp(lam)
-        fused = self.transforms(levels, z)
+        fused = self.fuse_noisy(levels, z)
         clean, info = self.clean_task_features(levels, generator=generator, **hook_kwargs)
         out = {"pred": self.decode(fused, temb, clean, upsample=True)}
         if self.with_aux:
@@ -252,16 +346,20 @@ class TaskDiffusionHead(nn.Module):
         z = draw_sample_noise(shape, features.device, generator) if noise is None else \
             check_noise(noise, shape, "sample").to(features.device)
         pairs = ddim_time_pairs(self.timesteps, self.time_difference)
-        clean, mask_t, logits = None, [], {}
+        clean, mask_t, logits, logits_hw = None, [], {}, []
+        # the backbone half of the noisy-input fusion is the same on every step: computed once
+        feature_part = self.transforms.feature_part(levels) if self.fast_path else None
+        film = self.film_params()
         for s, (t_now, t_next) in enumerate(pairs):
             last = s == len(pairs) - 1
             mask_t.append(z)
             lam = logsnr_cosine(torch.full((r * b,), t_now, device=features.device))
             temb = self.time_mlp(lam)
-            fused = self.transforms(levels, z)
+            fused = self.fuse_noisy(levels, z, feature_part)
             if clean is None:  # clean task features depend on the backbone only: computed once
                 clean, _ = self.clean_task_features(levels, generator=generator, **hook_kwargs)
-            logits = self.decode(fused, temb, clean, upsample=last)
+            logits = self.decode(fused, temb, clean, upsample=last, film=film)
+            logits_hw.append(tuple(next(iter(logits.values())).shape[-2:]))
             if last:
                 break
             x0 = self.encode_predictions(logits)
@@ -276,7 +374,7 @@ class TaskDiffusionHead(nn.Module):
             logits = {t: v.view(r, b, *v.shape[1:]).mean(dim=0) for t, v in logits.items()}
         out = {"pred": logits}
         if return_intermediates:
-            out["intermediates"] = {"mask_t": mask_t, "noise": mask_t[0]}
+            out["intermediates"] = {"mask_t": mask_t, "noise": mask_t[0], "logits_hw": logits_hw}
         return out
 
     def forward(self, features: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None, **kwargs):
