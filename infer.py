@@ -92,7 +92,9 @@ def run(cfg, args) -> int:
         collate = collate_fn
         from evaluation import build_evaluator
 
-        evaluator = build_evaluator(cfg, full_edge=True)
+        from utils.logger import interactive
+
+        evaluator = build_evaluator(cfg, full_edge=True, progress=interactive())
         evaluator.reset()
     else:
         ds = ImageFolder(list_images(args.input), cfg)

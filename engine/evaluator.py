@@ -151,7 +151,10 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
     base = unwrap_model(model)
     was_training = base.training
     base.eval()
-    evaluator = build_evaluator(cfg, full_edge=full_edge)
+    from utils.logger import interactive
+
+    evaluator = build_evaluator(cfg, full_edge=full_edge, progress=bool(progress) and interactive()
+                                and is_main_process())
     evaluator.reset()
     writer = PredictionWriter(pred_dir, infos) if pred_dir else None
     use_amp = bool(amp) and device.type == "cuda"

@@ -44,6 +44,8 @@ def run_experiment(cfg, args, datasets: dict) -> int:
     seed_everything(rank_seed(int(_get(cfg, "seed", 0)), info.rank))
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        _limit_cpu_threads(cfg, info, log)
     if is_main_process():
         log.info(f"run {cfg.version_name} ({cfg.run_mode}): {info.world_size} process(es), device {info.device}, "
                  f"output folder {cfg.output_dir}")
@@ -65,6 +67,25 @@ def run_experiment(cfg, args, datasets: dict) -> int:
             cleanup_distributed()
         close_logger()
     return status
+
+
+def _limit_cpu_threads(cfg, info, log) -> None:
+    """On CPU, leave one core per DataLoader worker: with more busy threads than cores, every OpenMP
+    parallel region waits for a preempted thread and a step became 30x slower on a 2-core machine.
+    An explicit OMP_NUM_THREADS (torchrun sets 1) is respected."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    workers = int(_get(cfg, "nworkers", 0))
+    threads = max(1, cores // max(info.world_size, 1) - workers)
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+        if is_main_process():
+            log.info(f"CPU run: {threads} compute thread(s) per process ({cores} cores, {workers} DataLoader "
+                     f"worker(s)); set OMP_NUM_THREADS to override")
 
 
 def _build(cfg):
