@@ -50,11 +50,13 @@ class FilmParams:
                               + [l.bias[n:] for l, n in zip(lins, self.sizes)])
         self.fold = all(type(b.norm) is nn.BatchNorm2d and not b.norm.training and b.norm.running_var is not None
                         and b.norm.affine and b.conv_1.bias is not None for b in blocks)
-        if self.fold:  # BN(a0 + bias) = a0·inv + (beta + (bias - mean)·inv)
-            inv = [b.norm.weight * torch.rsqrt(b.norm.running_var + b.norm.eps) for b in blocks]
-            self.inv = torch.cat(inv)
-            self.shift0 = torch.cat([b.norm.bias + (b.conv_1.bias - b.norm.running_mean) * i
-                                     for b, i in zip(blocks, inv)])
+        if self.fold:  # BN(a0 + bias) = a0·inv + (beta + (bias - mean)·inv), for all blocks at once
+            cat = lambda get: torch.cat([get(b) for b in blocks])  # noqa: E731
+            eps = {float(b.norm.eps) for b in blocks}
+            eps = eps.pop() if len(eps) == 1 else cat(lambda b: torch.full_like(b.norm.running_var, b.norm.eps))
+            self.inv = cat(lambda b: b.norm.weight) * torch.rsqrt(cat(lambda b: b.norm.running_var) + eps)
+            self.shift0 = cat(lambda b: b.norm.bias) + (cat(lambda b: b.conv_1.bias)
+                                                        - cat(lambda b: b.norm.running_mean)) * self.inv
 
     def table(self, temb: torch.Tensor) -> "FilmTable":
         return FilmTable(self, temb)
@@ -74,13 +76,16 @@ class FilmTable:
         a, b = ss[:, :n] + 1, ss[:, n:]
         if params.fold:
             a, b = params.inv * a, params.shift0 * a + b
+        dev = temb.device.type
+        if torch.is_autocast_enabled(dev):  # cast once here, not once per block
+            a, b = a.to(torch.get_autocast_dtype(dev)), b.to(torch.get_autocast_dtype(dev))
         self.folded = params.fold
-        self.a = a.split(params.sizes, dim=1)
-        self.b = b.split(params.sizes, dim=1)
+        self.a = a[:, :, None, None].split(params.sizes, dim=1)  # slots × (b out 1 1)
+        self.b = b[:, :, None, None].split(params.sizes, dim=1)
 
     def coeffs(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         i = block.film_slot
-        return self.a[i][:, :, None, None], self.b[i][:, :, None, None]
+        return self.a[i], self.b[i]
 
 
 def conv_bn_film(block: nn.Module, x: torch.Tensor, temb, upsample_to: Sequence[int] | None = None) -> torch.Tensor:
@@ -99,7 +104,7 @@ def conv_bn_film(block: nn.Module, x: torch.Tensor, temb, upsample_to: Sequence[
     if not temb.folded:
         a = block.norm(a)
     ca, cb = temb.coeffs(block)
-    return torch.addcmul(cb.to(a.dtype), a, ca.to(a.dtype))
+    return torch.addcmul(cb.to(a.dtype), a, ca.to(a.dtype))  # .to: no-op unless autocast is off mid-way
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,15 +357,13 @@ class CrossTaskFPN(nn.Module):
             s = self.share_fpn(fused[l], temb, l)
             g = self.mask_task[l](s, temb)  # b (T_target T_source) h w
             b, _, h, w = g.shape
-            gates = torch.sigmoid(g)
+            gates = torch.sigmoid(g).view(b, n, n, 1, h, w)  # b T_target T_source 1 h w
+            src = torch.stack([clean[l][k] for k in tasks], dim=1).unsqueeze(1)  # b 1 T_source c h w
+            # U_i = Σ_j sigmoid(G[:, i, j]) · P_j for all targets i: one broadcast multiply and one sum
+            # (an einsum here becomes a per-pixel batched T×T by T×C matmul: 60% of a CPU inference)
+            mixed = (gates * src).sum(dim=2)  # b T_target c h w
             for i, k in enumerate(tasks):
-                # U_i = Σ_j sigmoid(G[:, i, j]) · P_j: T multiply-adds of C-channel maps. (An einsum
-                # over a stacked b T T h w × b T c h w pair becomes a per-pixel batched matmul of
-                # T×T by T×C: on CPU it took 60% of the whole inference.)
-                u = gates[:, i * n:i * n + 1] * clean[l][tasks[0]]
-                for j in range(1, n):
-                    u = torch.addcmul(u, gates[:, i * n + j:i * n + j + 1], clean[l][tasks[j]])
-                per_task[k].append(self.specific_head[l][k](u, temb))
+                per_task[k].append(self.specific_head[l][k](mixed[:, i], temb))
         out = {}
         for k in tasks:
             v = torch.stack(per_task[k], dim=1)  # b L c h w
