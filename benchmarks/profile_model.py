@@ -31,16 +31,17 @@ from benchmarks.common import autocast_ctx, random_targets, sync  # noqa: E402
 from benchmarks.speed import CONFIGS, build  # noqa: E402
 
 # head methods timed (name on the head -> label); nested calls are attributed to the innermost
+# (self time: `decode` excludes the gating FPN it calls)
 HEAD_PARTS = {
     "clean_task_features": "clean task features (once)",
     "encode_labels": "encode labels (train)",
     "encode_predictions": "re-encode predictions",
     "aux_forward": "aux heads (train)",
-    "decode": "decoder step (fpn + refine + pred)",
+    "decode": "refinement layers + prediction heads (decode, self time)",
 }
 SUB_PARTS = {  # attributes of the head whose forward is timed inside `decode`
     "transforms": "noisy-input fusion",
-    "fpn_encoder": "gating FPN",
+    "fpn_encoder": "gating FPN (shared noisy branch, gates, specific heads, level fusion)",
     "time_mlp": "time embedding",
 }
 
