@@ -170,7 +170,7 @@ def conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     with torch.autocast(x.device.type, enabled=False):
         uw = shifted_taps(bilinear_matrix(w, big_w, acc, x.device))  # W (kx w)
         uh = shifted_taps(bilinear_matrix(h, big_h, acc, x.device))  # H (ky h)
-        z = z.to(acc).view(b, 3, 3, co, h, w).permute(0, 1, 3, 4, 2, 5).reshape(b * 3 * co * h, 3 * w)
+        z = z.to(acc).reshape(b, 3, 3, co, h, w).permute(0, 1, 3, 4, 2, 5).reshape(b * 3 * co * h, 3 * w)
         z = (z @ uw.t()).view(b, 3, co, h, big_w)  # along W, kx taps summed: b ky co h W
         z = z.permute(0, 2, 1, 3, 4).reshape(b * co, 3 * h, big_w)  # (b co) (ky h) W
         z = torch.matmul(uh, z).view(b, co, big_h, big_w)  # along H, ky taps summed
@@ -379,7 +379,7 @@ class CrossTaskFPN(nn.Module):
             s = self.share_fpn(fused[l], temb, l)
             g = self.mask_task[l](s, temb)  # b (T_target T_source) h w
             b, _, h, w = g.shape
-            gates = torch.sigmoid(g).view(b, n, n, 1, h, w)  # b T_target T_source 1 h w
+            gates = torch.sigmoid(g).reshape(b, n, n, 1, h, w)  # b T_target T_source 1 h w
             src = torch.stack([clean[l][k] for k in tasks], dim=1).unsqueeze(1)  # b 1 T_source c h w
             # U_i = Σ_j sigmoid(G[:, i, j]) · P_j for all targets i: one broadcast multiply and one sum
             # (an einsum here becomes a per-pixel batched T×T by T×C matmul: 60% of a CPU inference)
