@@ -8,15 +8,5 @@
 # Extra arguments go to main.py (e.g. --opts max_iter=1000 --output_dir runs/x). Restarting the same
 # command after a crash resumes from <run folder>/checkpoints/last.pth.
 set -euo pipefail
-cd "$(dirname "$0")"
-CONFIG=${CONFIG:-configs/nyud/vitL.yml}
-PY=.venv/bin/python
-[ -x "$PY" ] || PY=python3
-if [ -z "${NPROC:-}" ]; then
-  NPROC=$("$PY" -c "import torch; print(max(torch.cuda.device_count(), 1))")
-fi
-ARGS=(--config_exp "$CONFIG" --run_mode train)
-[ -n "${DATA:-}" ] && ARGS+=(--data_root "$DATA")
-echo "[run] torchrun --standalone --nproc_per_node=$NPROC main.py ${ARGS[*]} $*"
-exec "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
-  main.py "${ARGS[@]}" "$@"
+exec bash "$(dirname "$0")/scripts/launch_main.sh" train configs/nyud/vitL.yml \
+  runs/TaskDiffusion_vitL_nyud/checkpoints/best.pth "$@"
