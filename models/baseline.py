@@ -33,9 +33,10 @@ from torch import nn
 
 from data.tasks import TaskInfo
 from models.backbone import build_backbone
-from models.decoder import ConvMLP, task_feat_block
+from models.decoder import (ConvMLP, conv3x3_of_upsampled, foldable_into_head, skip_plus_1x1_into_head,
+                            task_feat_block)
 from models.diffusion import upsample_bilinear
-from models.taskdiffusion import _get, config_task_infos
+from models.taskdiffusion import BackboneHeadModel, _get, config_task_infos
 
 
 class ConvBlock(nn.Module):
@@ -54,6 +55,15 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_2(F.gelu(self.norm(self.conv_1(x))))
         return x + y if self.residual else y
+
+    def forward_into_head(self, x: torch.Tensor, head: nn.Conv2d, size: Sequence[int] | None) -> torch.Tensor:
+        """`head(self(up(x)))` (up = bilinear to `size`, or none), the exact low-resolution form the
+        TaskDiffusion decoder uses (models/decoder.py): conv_1 runs before the upsampling and conv_2 is
+        folded into the head, so the baseline is timed the same way as the model it is compared with."""
+        if not (self.residual and foldable_into_head(self, head)):
+            return head(self(upsample_bilinear(x, size) if size is not None else x))
+        a = self.conv_1(x) if size is None else conv3x3_of_upsampled(x, self.conv_1.weight, self.conv_1.bias, size)
+        return skip_plus_1x1_into_head(x, F.gelu(self.norm(a)), self.conv_2, head, size)
 
 
 class ConvBN(nn.Module):
@@ -143,6 +153,14 @@ class BaselineHead(nn.Module):
         self.encoders = nn.ModuleList(
             nn.ModuleDict({t: ConvBlock(c, c, c, residual=True) for t in self.tasks}) for _ in range(module_layer))
         self.fpn_encoder = GatedFPN(self.tasks, c, self.num_levels)
+        self.fast_path = True
+
+    def set_fast_path(self, enabled: bool = True) -> "BaselineHead":
+        """Fast path (default): the last refinement layer + prediction head and the aux heads run their
+        convs at the low resolution (exact rewrite, as in TaskDiffusionHead.set_fast_path); the
+        reference path upsamples first and convolves the ×4 map. Same numbers. Returns self."""
+        self.fast_path = bool(enabled)
+        return self
 
     def forward(self, features: torch.Tensor, with_aux: bool = True) -> dict:
         b, ch, h, w = features.shape
@@ -150,33 +168,29 @@ class BaselineHead(nn.Module):
             raise ValueError(f"baseline head: features have {ch} channels, expected "
                              f"{self.num_levels}×{self.embed_dim} (levels × final_embed_dim)")
         x, clean = self.fpn_encoder(list(features.chunk(self.num_levels, dim=1)))
+        size = (4 * h, 4 * w)
         last = len(self.encoders) - 1
-        for k, layer in enumerate(self.encoders):
+        for layer in self.encoders[:last]:
             for t in self.tasks:
-                xt = upsample_bilinear(x[t], (4 * h, 4 * w)) if k == last else x[t]
-                x[t] = layer[t](xt)
-        out = {"pred": {t: self.pred_heads[t](x[t]) for t in self.tasks}}
+                x[t] = layer[t](x[t])
+        if self.fast_path:
+            out = {"pred": {t: self.encoders[last][t].forward_into_head(x[t], self.pred_heads[t], size)
+                            for t in self.tasks}}
+        else:
+            out = {"pred": {t: self.pred_heads[t](self.encoders[last][t](upsample_bilinear(x[t], size)))
+                            for t in self.tasks}}
         if with_aux and self.with_aux:
-            out["aux"] = {t: self.aux_heads[t](upsample_bilinear(torch.cat([p[t] for p in clean], dim=1),
-                                                                  (4 * h, 4 * w)))
-                          for t in self.tasks}
+            out["aux"] = {}
+            for t in self.tasks:
+                y = torch.cat([p[t] for p in clean], dim=1)  # b (L c) h w
+                body, head = self.aux_heads[t]
+                out["aux"][t] = (body.forward_into_head(y, head, size) if self.fast_path
+                                 else head(body(upsample_bilinear(y, size))))
         return out
 
 
-class BaselineModel(nn.Module):
+class BaselineModel(BackboneHeadModel):
     """Backbone + BaselineHead; outputs resized to the input size (bilinear, align_corners=False)."""
-
-    def __init__(self, backbone: nn.Module, heads: BaselineHead):
-        super().__init__()
-        self.backbone = backbone
-        self.heads = heads
-
-    @property
-    def head(self) -> nn.Module:
-        return self.heads
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
 
     def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
                 noise: torch.Tensor | None = None, times: torch.Tensor | None = None,
@@ -186,9 +200,8 @@ class BaselineModel(nn.Module):
         if noise is not None or times is not None:
             raise ValueError("the baseline model has no diffusion: noise/times cannot be injected "
                              "(model: baseline in the config; use TaskDiffusion for diffusion inputs)")
-        out = self.heads(self.backbone(images), with_aux=targets is not None)
-        size = images.shape[-2:]
-        return {key: {t: upsample_bilinear(v, size) for t, v in val.items()} for key, val in out.items()}
+        out = self.heads(self.forward_features(images), with_aux=targets is not None)
+        return self.resize_outputs(out, images.shape[-2:])
 
 
 def build_baseline_model(cfg) -> BaselineModel:

@@ -196,6 +196,28 @@ def compose_1x1_into(outer: torch.Tensor, inner_1x1: torch.Tensor) -> torch.Tens
     return torch.einsum("omyx,mi->oiyx", outer, inner_1x1.flatten(1))
 
 
+def foldable_into_head(block: nn.Module, head: nn.Conv2d) -> bool:
+    """Whether `head(block(up(x)))` has the exact low-resolution form: block = 3×3 conv_1 -> ... -> 1×1
+    conv_2 (+ skip), head = 3×3 conv with padding 1."""
+    return (block.conv_1.kernel_size == (3, 3) and block.conv_2.kernel_size == (1, 1)
+            and head.kernel_size == (3, 3) and head.padding == (1, 1))
+
+
+def skip_plus_1x1_into_head(skip: torch.Tensor, g: torch.Tensor, conv_2: nn.Conv2d, head: nn.Conv2d,
+                            size: Sequence[int] | None) -> torch.Tensor:
+    """`head(up(skip) + conv_2(g))`: the tail shared by every block that feeds a prediction head.
+
+    skip: b c h w at the low resolution (up = bilinear to `size`, or none); g: the block's hidden
+    activation, already at the head's resolution. head(up(skip)) runs at the low resolution
+    (conv3x3_of_upsampled) and conv_2 (1×1) is folded into the 3×3 head: one C->K conv at the high
+    resolution instead of C->C then C->K.
+    """
+    hw = tuple(size) if size is not None else tuple(skip.shape[-2:])
+    base = conv3x3_of_upsampled(skip, head.weight, head.bias, hw) if size is not None else head(skip)
+    w = compose_1x1_into(head.weight, conv_2.weight)  # K C 3 3
+    return base + F.conv2d(g, w, None, padding=1) + border_bias(head.weight, conv_2.bias, hw)
+
+
 class CondConvMLP(nn.Module):
     """`conv_2(GELU(FiLM(BN(conv_1(x)))))` (+ x when residual).
 
@@ -229,19 +251,11 @@ class CondConvMLP(nn.Module):
         linear: one C->K conv instead of C->C then C->K at the high resolution). For a residual block
         head(up(x) + y) = head(up(x)) + head_nobias(y), and head(up(x)) is again computed at low resolution.
         """
-        if not (self.residual and self.conv_1.kernel_size == (3, 3) and self.conv_2.kernel_size == (1, 1)
-                and head.kernel_size == (3, 3) and head.padding == (1, 1)):
+        if not (self.residual and foldable_into_head(self, head)):
             x_in = upsample_bilinear(x, size) if size is not None else x
             return head(self(x_in, temb))
-        hw = tuple(size) if size is not None else tuple(x.shape[-2:])
         g = F.gelu(conv_bn_film(self, x, temb, upsample_to=size))
-        if size is not None:
-            base = conv3x3_of_upsampled(x, head.weight, head.bias, hw)  # head(up(x)), K channels
-        else:
-            base = head(x)
-        w = compose_1x1_into(head.weight, self.conv_2.weight)  # K C 3 3
-        y = F.conv2d(g, w, None, padding=1) + border_bias(head.weight, self.conv_2.bias, hw)
-        return base + y
+        return skip_plus_1x1_into_head(x, g, self.conv_2, head, size)
 
 
 class CondConv(nn.Module):
@@ -277,16 +291,11 @@ class ConvMLP(nn.Module):
         conv_1 (3×3) via conv3x3_of_upsampled; conv_3 (1×1) commutes with the upsampling; conv_2 (1×1)
         is folded into the 3×3 head. Only BN, GELU and one C->K 3×3 conv run at the high resolution.
         """
-        if not (self.conv_1.kernel_size == (3, 3) and self.conv_2.kernel_size == (1, 1)
-                and self.conv_3.kernel_size == (1, 1) and head.kernel_size == (3, 3) and head.padding == (1, 1)):
+        if not (foldable_into_head(self, head) and self.conv_3.kernel_size == (1, 1)):
             return head(self(upsample_bilinear(x, size)))
-        hw = tuple(size)
-        a = conv3x3_of_upsampled(x, self.conv_1.weight, self.conv_1.bias, hw)
-        g = F.gelu(self.norm(a))
+        g = F.gelu(self.norm(conv3x3_of_upsampled(x, self.conv_1.weight, self.conv_1.bias, tuple(size))))
         skip = self.conv_3(x)  # b C h w: the 1×1 skip at low resolution, upsampled inside the next call
-        base = conv3x3_of_upsampled(skip, head.weight, head.bias, hw)  # head(up(conv_3 x))
-        w = compose_1x1_into(head.weight, self.conv_2.weight)
-        return base + F.conv2d(g, w, None, padding=1) + border_bias(head.weight, self.conv_2.bias, hw)
+        return skip_plus_1x1_into_head(skip, g, self.conv_2, head, size)
 
 
 def task_feat_block(channels: int) -> nn.Sequential:

@@ -383,8 +383,9 @@ class TaskDiffusionHead(nn.Module):
         return self.sample(features, **kwargs)
 
 
-class TaskDiffusion(nn.Module):
-    """Backbone + diffusion head; outputs resized to the input size (bilinear, align_corners=False)."""
+class BackboneHeadModel(nn.Module):
+    """Backbone + multi-task head, the layout every model here shares (and the original's state-dict
+    prefixes `backbone.` / `heads.`); subclasses define forward."""
 
     def __init__(self, backbone: nn.Module, heads: nn.Module):
         super().__init__()
@@ -398,6 +399,18 @@ class TaskDiffusion(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """images B×3×H×W -> backbone features B×(L·C)×H/16×W/16."""
         return self.backbone(images)
+
+    @staticmethod
+    def resize_outputs(out: dict, size: Sequence[int]) -> dict:
+        """Every logit map under 'pred' / 'aux' bilinearly resized to the input size (in place)."""
+        for key in ("pred", "aux"):
+            if key in out:
+                out[key] = {t: upsample_bilinear(v, size) for t, v in out[key].items()}
+        return out
+
+
+class TaskDiffusion(BackboneHeadModel):
+    """Backbone + diffusion head; outputs resized to the input size (bilinear, align_corners=False)."""
 
     def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
                 noise: torch.Tensor | None = None, times: torch.Tensor | None = None,
@@ -413,10 +426,7 @@ class TaskDiffusion(nn.Module):
                                  "uses the fixed DDIM time pairs")
             out = self.heads.sample(feats, noise=noise, generator=generator,
                                     return_intermediates=return_intermediates, **head_kwargs)
-        size = images.shape[-2:]
-        for key in ("pred", "aux"):
-            if key in out:
-                out[key] = {t: upsample_bilinear(v, size) for t, v in out[key].items()}
+        self.resize_outputs(out, images.shape[-2:])
         if return_intermediates:
             out["intermediates"]["backbone_feat"] = feats
         return out

@@ -103,3 +103,42 @@ def test_parameter_count_paper_configs(repo_root, path, base_count, diff_count):
     cfg.model = "TaskDiffusion"
     assert _head_params(cfg) == diff_count
     assert 0.85 <= base_count / diff_count <= 1.15
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fast_path_equals_reference_path(train):
+    """The low-resolution rewrite of the last layer + heads and the aux heads (the default) gives the
+    plain upsample-then-convolve numbers: outputs, BN running stats and every parameter's gradient."""
+    import copy
+
+    torch.manual_seed(0)
+    fast = build_model(_cfg(final_embed_dim=12)).double()
+    g = torch.Generator().manual_seed(1)
+    for m in fast.modules():  # non-trivial BN so the eval-mode path is exercised too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=torch.float64) + 0.5)
+    ref = copy.deepcopy(fast)
+    ref.heads.set_fast_path(False)
+    assert fast.heads.fast_path and not ref.heads.fast_path
+    fast.train(train), ref.train(train)
+    x = torch.randn(2, 3, 48, 32, dtype=torch.float64)
+    targets = {k: v.double() for k, v in _targets(2, 48, 32).items()}
+    torch.manual_seed(5)  # same drop-path draws in both forwards
+    out_f = fast(x, targets)
+    torch.manual_seed(5)
+    out_r = ref(x, targets)
+    for key in ("pred", "aux"):
+        for t in out_r[key]:
+            torch.testing.assert_close(out_f[key][t], out_r[key][t], rtol=1e-9, atol=1e-9, msg=f"{key}/{t}")
+    if train:
+        sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum()
+            for m in (out_f,) for k in m for v in m[k].values()).backward()
+        sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum()
+            for m in (out_r,) for k in m for v in m[k].values()).backward()
+        ref_params = dict(ref.named_parameters())
+        for name, p in fast.named_parameters():
+            torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-8, atol=1e-9, msg=name)
+        ref_bufs = dict(ref.named_buffers())
+        for name, b in fast.named_buffers():
+            torch.testing.assert_close(b, ref_bufs[name], msg=name)
