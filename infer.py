@@ -22,35 +22,27 @@ import time
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from utils.cli import add_model_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config_exp", required=True, help="the experiment config (or the run's saved config.yml)")
-    p.add_argument("--trained_model", required=True, help="checkpoint (ours, or an original one with module. keys)")
     p.add_argument("--input", required=True, help="image file, folder of images, or split:val")
     p.add_argument("--output", default=None, help="output folder (default <output_dir>/inference)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's seed)")
-    p.add_argument("--batch_size", type=int, default=None, help="images per forward (default valBatch)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--data_root", default=None, help="dataset root for split:NAME inputs")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
-    return p
+    return add_model_args(p)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from utils.config import ConfigError, load_config
+    from utils.cli import fail, load_cli_config
 
-    try:
-        cfg = load_config(args.config_exp, opts=args.opts, data_root=args.data_root)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_cli_config(args)
+    if cfg is None:
         return 2
     cfg.run_mode = "infer"
     try:
         return run(cfg, args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
 
 
 def run(cfg, args) -> int:
@@ -60,24 +52,20 @@ def run(cfg, args) -> int:
     from data.tasks import task_infos
     from engine.evaluator import compute_delta_m, metric_table, to_plain, write_json_atomic
     from engine.inference import ImageFolder, PredictionJob, collate_images, list_images, predict_batch
-    from models import build_model
-    from utils.checkpoint import CheckpointError, load_model_weights
+    from utils.checkpoint import CheckpointError
+    from utils.cli import fail, load_trained_model, pick_device
     from utils.logger import Progress, setup_logger
 
     out_dir = os.path.abspath(args.output or os.path.join(cfg.output_dir, "inference"))
     log = setup_logger(None)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     seed = int(cfg.seed if args.seed is None else args.seed)
     bs = int(args.batch_size or cfg.valBatch)
     infos = task_infos(cfg.db_name, cfg.TASKS.NAMES)
-
-    model = build_model(cfg)
     try:
-        load_model_weights(model, args.trained_model)
+        model = load_trained_model(cfg, args.trained_model, device)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    model = model.to(device).eval()
+        return fail(err)
 
     evaluator = None
     if args.input.startswith("split:"):
@@ -87,8 +75,7 @@ def run(cfg, args) -> int:
         try:
             ds = build_dataset(cfg, split, transform=build_transforms(cfg, "val"))
         except DatasetError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return fail(err)
         collate = collate_fn
         from evaluation import build_evaluator
 

@@ -47,24 +47,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn, device: torch.device, warmup: int, repeats: int) -> dict:
-    """Run `fn` warmup+repeats times; seconds per call as min/median/max over the repeats."""
-    for _ in range(warmup):
+def time_call(fn, device: torch.device) -> float:
+    """Seconds of one call of `fn`: CUDA events around it on GPU (the device's time, not the launch
+    queue's), wall time on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def stats(times) -> dict:
+    """min/median/max/n of a list of seconds."""
     return {"min": min(times), "median": statistics.median(times), "max": max(times), "n": len(times)}
 
 

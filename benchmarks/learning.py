@@ -30,12 +30,16 @@ DATASETS = {
 }
 
 
-def ensure_data(dataset: str, root: Path, n_train: int, n_val: int) -> None:
+def ensure_data(dataset: str, root: Path, n_train: int, n_val: int, size=None) -> None:
+    """Generate the fixed synthetic set once (seed 0); an existing one under `root` is reused as is."""
     folder = root / ("PASCALContext" if dataset == "pascal" else "NYUDv2")
     if folder.exists():
         return
-    subprocess.run([sys.executable, "-m", "data.synthetic", "--dataset", dataset, "--out", str(root),
-                    "--train", str(n_train), "--val", str(n_val), "--seed", "0"], check=True, cwd=ROOT)
+    cmd = [sys.executable, "-m", "data.synthetic", "--dataset", dataset, "--out", str(root),
+           "--train", str(n_train), "--val", str(n_val), "--seed", "0"]
+    if size:
+        cmd += ["--size", str(size[0]), str(size[1])]
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def final_metrics(run_dir: Path) -> dict:
@@ -43,15 +47,17 @@ def final_metrics(run_dir: Path) -> dict:
     if not files:
         raise FileNotFoundError(f"no metrics JSON under {run_dir / 'metrics'}: did the run finish?")
     data = json.loads(files[-1].read_text())
-    return data.get("metrics", data)
+    if "results" not in data:
+        raise KeyError(f"{files[-1]} has no 'results' (keys: {sorted(data)}): not a metrics file of main.py")
+    return data["results"]
 
 
 def run_one(dataset, model, seed, args, data_root: Path, out_root: Path) -> dict:
     cfg_path, _ = DATASETS[dataset]
-    version = f"learn_{dataset}_{model}_s{seed}"
+    version = f"learn_{dataset}_{model}_s{seed}" + (f"_{args.tag}" if args.tag else "")
     run_dir = out_root / version
     opts = [f"model={model}", f"seed={seed}", f"version_name={version}", f"out_dir={out_root}",
-            f"max_iter={args.iters}", f"val_interval={args.iters}", f"ckpt_interval={args.iters}"]
+            f"max_iter={args.iters}", f"val_interval={args.iters}", f"ckpt_interval={args.iters}", *args.opts]
     if args.device == "cpu":
         opts.append("amp=false")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -93,16 +99,26 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data_root", default=str(ROOT / "data_root" / "learning"))
     p.add_argument("--out", default=str(ROOT / "runs" / "learning"))
+    p.add_argument("--n_train", type=int, default=None, help="generated train images (default 96, --long 400)")
+    p.add_argument("--n_val", type=int, default=None, help="generated val images (default 24, --long 48)")
+    p.add_argument("--image_size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="generated image size (default: data.synthetic's)")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run (both models), e.g. bit_scales.all=0.1 timesteps=5")
+    p.add_argument("--tag", default="", help="suffix of the run folders (finished runs are reused by name: "
+                                                "give runs with other --opts/--iters their own tag)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.long:
         args.iters = max(args.iters, 3000)
+    n_train = args.n_train or (400 if args.long else 96)
+    n_val = args.n_val or (48 if args.long else 24)
     data_root, out_root = Path(args.data_root), Path(args.out)
     report = {}
     lines = []
     for dataset in args.datasets:
         cfg_path, db_name = DATASETS[dataset]
-        ensure_data(dataset, data_root, 400 if args.long else 96, 48 if args.long else 24)
+        ensure_data(dataset, data_root, n_train, n_val, args.image_size)
         results = {m: [run_one(dataset, m, s, args, data_root, out_root) for s in args.seeds]
                    for m in ("baseline", "TaskDiffusion")}
         tasks = [t for t in TASK_ORDER if t in results["baseline"][0]]

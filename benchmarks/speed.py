@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import autocast_ctx, machine_description, random_targets, sync  # noqa: E402
+from benchmarks.common import (autocast_ctx, machine_description, random_targets, stats, sync,  # noqa: E402
+                               time_call)
 
 CONFIGS = {
     "pascal_vitB": "configs/pascal/vitB.yml",
@@ -154,23 +154,6 @@ class Runner:
         self._setup(False)
         with autocast_ctx(self.device, self.v.precision):
             return self.bb(self.images)
-
-
-def time_call(fn, device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def stats(times) -> dict:
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "n": len(times)}
 
 
 def peak_mem(fn, device) -> float | None:

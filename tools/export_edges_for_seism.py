@@ -76,17 +76,12 @@ def save_edge_pngs(edge: torch.Tensor, meta, out_dir: str, is_logits: bool = Tru
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from utils.cli import add_model_args
+
     p = argparse.ArgumentParser(description="Export edge PNGs for the external MATLAB (SEISM) boundary benchmark.")
-    p.add_argument("--config_exp", required=True, help="experiment config (or the run's saved config.yml)")
-    p.add_argument("--trained_model", required=True, help="checkpoint to evaluate")
     p.add_argument("--output", required=True, help="prediction_path: PNGs go to <output>/edge/<id>.png")
-    p.add_argument("--data_root", default=None, help="dataset root (default: $TASKDIFFUSION_DATA / config db_root)")
     p.add_argument("--split", default="val", help="dataset split (default val)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--batch_size", type=int, default=None, help="images per forward (default valBatch)")
-    p.add_argument("--seed", type=int, default=None, help="DDIM sampling seed (default: the config's seed)")
-    p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
-    return p
+    return add_model_args(p)
 
 
 def main(argv=None) -> int:
@@ -94,36 +89,30 @@ def main(argv=None) -> int:
     # The model, data and config packages are imported only here: the pure functions above need none of them.
     from tqdm import tqdm
 
-    from data import build_dataloader
-    from models import build_model
-    from utils.checkpoint import load_model_weights
-    from utils.config import ConfigError, load_config
+    from data import DatasetError, build_dataloader
+    from engine.inference import predict_batch
+    from utils.checkpoint import CheckpointError
+    from utils.cli import fail, load_cli_config, load_trained_model, pick_device
 
-    try:
-        cfg = load_config(args.config_exp, opts=args.opts, data_root=args.data_root)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_cli_config(args)
+    if cfg is None:
         return 2
     if "edge" not in cfg.TASKS.NAMES:
-        print(f"error: the config {args.config_exp} has no edge task (task_dictionary.include_edge)", file=sys.stderr)
-        return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(cfg)
-    load_model_weights(model, args.trained_model, strict=True)
-    model.to(device).eval()
-    loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size)
-    try:  # the evaluation loop's per-image noise, so the PNGs equal what the in-framework evaluation scored
-        from engine.evaluator import eval_noise
-    except ImportError:
-        eval_noise = None
+        return fail(f"the config {args.config_exp} has no edge task (task_dictionary.include_edge)")
+    device = pick_device(args.device)
+    try:
+        model = load_trained_model(cfg, args.trained_model, device)
+        loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size)
+    except (CheckpointError, DatasetError, FileNotFoundError) as err:
+        return fail(err)
+    # the evaluation loop's per-image noise and precision, so the PNGs equal what the framework scored
     seed = int(cfg.get("seed", 0) if args.seed is None else args.seed)
     written = 0
     with torch.no_grad():
         for batch in tqdm(loader, desc="export edges", dynamic_ncols=True):
-            images = batch["image"].to(device)
-            noise = eval_noise(model, images, list(batch["meta"]["img_name"]), seed) if eval_noise else None
-            out = model(images, noise=noise) if noise is not None else model(images)
-            written += len(save_edge_pngs(out["pred"]["edge"], batch["meta"], args.output))
+            pred = predict_batch(model, batch["image"].to(device), list(batch["meta"]["img_name"]), seed,
+                                 amp=bool(cfg.get("amp", True)))
+            written += len(save_edge_pngs(pred["edge"], batch["meta"], args.output))
     expected = EXPECTED_COUNT.get(cfg.db_name)
     note = "" if expected in (None, written) or args.split != "val" else \
         f" (the MATLAB wrapper expects {expected} files for {cfg.db_name} val)"

@@ -89,3 +89,23 @@ def test_depth_writer(tmp_path):
     mm = cv2.imread(paths[0], cv2.IMREAD_UNCHANGED)
     assert mm.dtype == np.uint16 and mm.tolist() == [[500, 2250], [10000, 0]]
     assert np.asarray(Image.open(tmp_path / "depth_color" / "0001.png")).shape == (2, 2, 3)
+
+
+def test_export_edges_for_seism_matches_infer(checkpoint, tiny_data, tmp_path, capsys):
+    """The SEISM exporter (shared CLI with infer.py) writes one PNG per val image, the same bytes as
+    infer.py's edge output for split:val with the same seed, and fails cleanly on a bad checkpoint."""
+    from tools.export_edges_for_seism import main as export_main
+
+    common = ["--config_exp", CONFIG, "--device", "cpu", "--data_root", tiny_data, "--seed", "3"]
+    assert export_main(common + ["--trained_model", checkpoint, "--output", str(tmp_path / "x"),
+                                 "--batch_size", "3", "--opts", *BASE_OPTS]) == 0
+    pngs = sorted((tmp_path / "x" / "edge").glob("*.png"))
+    assert len(pngs) == 4
+    assert _infer(checkpoint, "split:val", tmp_path / "v", "--batch_size", "1", "--seed", "3", data=tiny_data) == 0
+    for p in pngs:
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp_path / "v" / "edge" / p.name))), p.name
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert export_main(common + ["--trained_model", str(bad), "--output", str(tmp_path / "y"),
+                                 "--opts", *BASE_OPTS]) == 2
+    assert "error:" in capsys.readouterr().err
