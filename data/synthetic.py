@@ -574,8 +574,24 @@ def _voc_palette():
     return pal.reshape(-1).tolist()
 
 
-def _write_pascal(root: Path, sid: str, s: dict, palette):
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by taskdiffusion data.synthetic"
+
+
+def _savemat_reproducible(path: Path, mdict: dict) -> None:
+    """scipy's savemat (compressed) with a fixed header text: scipy puts the wall-clock time in the
+    116-byte header, so the same seed would otherwise give different bytes a second later."""
+    import io
+
     import scipy.io as sio
+
+    buf = io.BytesIO()
+    sio.savemat(buf, mdict, do_compression=True)
+    data = bytearray(buf.getvalue())
+    data[:116] = MAT_HEADER.ljust(116, b" ")
+    path.write_bytes(bytes(data))
+
+
+def _write_pascal(root: Path, sid: str, s: dict, palette):
     from PIL import Image
 
     Image.fromarray(s["image"]).save(root / "JPEGImages" / f"{sid}.jpg", quality=95)
@@ -583,10 +599,8 @@ def _write_pascal(root: Path, sid: str, s: dict, palette):
     if s["semseg_folder"] == "VOC12":  # palette PNG like the real VOC labels: stored values are the ids
         seg.putpalette(palette)
     seg.save(root / "semseg" / s["semseg_folder"] / f"{sid}.png")
-    sio.savemat(root / "pascal-context" / "trainval" / f"{sid}.mat", {"LabelMap": s["label_map"]},
-                do_compression=True)
-    sio.savemat(root / "human_parts" / f"{sid}.mat", {"anno": _anno_struct(f"{sid}.jpg", s["objects"])},
-                do_compression=True)
+    _savemat_reproducible(root / "pascal-context" / "trainval" / f"{sid}.mat", {"LabelMap": s["label_map"]})
+    _savemat_reproducible(root / "human_parts" / f"{sid}.mat", {"anno": _anno_struct(f"{sid}.jpg", s["objects"])})
     Image.fromarray(s["normals_png"]).save(root / "normals_distill" / f"{sid}.png")
     Image.fromarray(s["sal_png"]).save(root / "sal_distill" / f"{sid}.png")
 

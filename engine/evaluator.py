@@ -13,6 +13,7 @@ batch size or order.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +25,7 @@ import torch
 from utils import visualization as vis
 from utils.checkpoint import unwrap_model
 from utils.distributed import all_reduce_sum, get_rank, is_main_process
+from utils.logger import LOGGER_NAME
 from utils.seed import name_seed
 
 __all__ = ["EvalOutput", "evaluate", "eval_noise", "crop_padding", "PredictionWriter", "write_json_atomic",
@@ -260,7 +262,12 @@ def compute_delta_m(results: dict, reference: dict | None, cfg, skip_zero: bool 
             return None
     try:
         return float(delta_m(results, reference, cfg.db_name, tasks))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError) as err:
+        # a reference that does not cover the run's tasks/metrics: say so instead of a silent blank
+        logging.getLogger(LOGGER_NAME).warning(
+            f"Delta_m not computed: {type(err).__name__}: {err}. delta_m_reference must give "
+            f"{{task: {{metric: value}}}} for every task of the run ({', '.join(tasks)}); fix it in the "
+            f"config or set delta_m_reference: null")
         return None
 
 

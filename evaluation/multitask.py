@@ -166,16 +166,17 @@ def _cfg_get(cfg, key, default=None):
 
 
 def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers: Optional[int] = None,
-                    backend: str = "scipy", progress: bool = True) -> MultiTaskEvaluator:
+                    backend: Optional[str] = None, progress: bool = True) -> MultiTaskEvaluator:
     """Evaluator for cfg.TASKS.NAMES on cfg.db_name.
 
     full_edge: True = the full boundary protocol (edge_eval.full_thresholds, all listed images: end of
     training, --run_mode infer); False = the in-training estimate (edge_eval.estimate_thresholds on at most
     edge_eval.estimate_max_images images; keys end in '_est'). boundary=False skips odsF altogether.
-    workers: processes for boundary matching (default: cfg.eval_workers; null there: all cores of this node
-    shared between its ranks; 0 or 1: in the calling process).
-    backend: boundary matching, 'scipy' (default, fast maximum matching), 'pyedgeeval' (SEISM's CSA matcher,
-    ~100x slower) or 'auto' (pyedgeeval when importable); see evaluation/boundary.py.
+    workers: processes for boundary matching (default: cfg.edge_eval.workers; null there: all cores of this
+    node shared between its ranks; 0 or 1: in the calling process).
+    backend: boundary matching (default: cfg.edge_eval.backend, else 'scipy'): 'scipy' (fast maximum
+    matching), 'pyedgeeval' (SEISM's CSA matcher, ~100x slower) or 'auto' (pyedgeeval when importable);
+    see evaluation/boundary.py.
     """
     db = cfg["db_name"]
     names = cfg["TASKS"]["NAMES"]
@@ -184,7 +185,8 @@ def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers:
     if boundary and "edge" in names:
         image_list = edge_eval.get("image_list")
         if workers is None:
-            workers = _cfg_get(cfg, "eval_workers")
+            workers = edge_eval.get("workers")
+        backend = backend or edge_eval.get("backend") or "scipy"
         bkw = {
             "thresholds": int(edge_eval.get("full_thresholds") or 101) if full_edge
             else int(edge_eval.get("estimate_thresholds") or 11),

@@ -132,7 +132,8 @@ SCHEMA: dict[str, Spec] = {
     "trBatch": _int(2, "training batch per process (per GPU)", ge=1),
     "valBatch": _int(6, "evaluation batch per process", ge=1),
     "nworkers": _int(2, "DataLoader workers per process for training", ge=0),
-    "eval_workers": _int(None, "DataLoader workers for evaluation (null: nworkers)", ge=0, nullable=True),
+    "eval_workers": _int(None, "DataLoader workers for evaluation (null: nworkers); the boundary matching "
+                               "processes are edge_eval.workers", ge=0, nullable=True),
     "ignore_index": _int(255, "label value meaning 'no label' (fixed by the dataset readers)", choices=(255,)),
     "seed": _int(0, "global seed (python, numpy, torch); ranks derive their own streams from it", ge=0),
     "task_dictionary": _dict(_TASK_DICTIONARY, "include_<task>: bool per task, and edge_w", default=REQUIRED),
@@ -223,6 +224,11 @@ SCHEMA: dict[str, Spec] = {
                                     nullable=True),
         "image_list": _str(None, "optional file of image ids to score (e.g. the published 2498-image PASCAL "
                                  "list); null: all val images", nullable=True),
+        "workers": _int(None, "processes for boundary matching (null: all cores of this node, shared between "
+                              "its ranks; 0 or 1: in the evaluating process)", ge=0, nullable=True),
+        "backend": _str("scipy", "boundary matcher: scipy (fast maximum matching), pyedgeeval (SEISM's CSA, "
+                                 "~100x slower, optional package) or auto (pyedgeeval when installed)",
+                        choices=("scipy", "pyedgeeval", "auto")),
     }, "boundary (edge) evaluation"),
     "delta_m_reference": Spec("map", None, "reference metrics for Delta_m: {task: {metric: value}}",
                               nullable=True, key_check="task",
@@ -673,7 +679,8 @@ def _resolve_paths(c: dict, data_root: str | None, output_dir: str | None) -> No
     c["output_dir"] = out
     c["root_dir"] = out  # the original's name for the same folder
     c["save_dir"] = os.path.join(out, "results")
-    c["checkpoint"] = os.path.join(out, "checkpoint.pth.tar")
+    # the original's key for the resume file, pointed at this framework's resume file (utils/checkpoint.py)
+    c["checkpoint"] = os.path.join(out, "checkpoints", "last.pth")
 
 
 # --------------------------------------------------------------------------------------------

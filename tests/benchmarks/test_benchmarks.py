@@ -47,7 +47,7 @@ def test_learning_end_to_end_tiny(tmp_path, capsys):
                           "--image_size", "32", "32",
                           "--data_root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--tag", "t",
                           "--json", str(out), "--opts", "crop_size=[32,32]", "trBatch=2", "valBatch=2",
-                          "nworkers=0", "eval_workers=0", "warmup_iters=0", "edge_eval.full_thresholds=3",
+                          "nworkers=0", "eval_workers=0", "edge_eval.workers=0", "warmup_iters=0", "edge_eval.full_thresholds=3",
                           "edge_eval.estimate_thresholds=3"]) == 0
     report = json.loads(out.read_text())["pascal"]
     assert set(report) == {"baseline", "TaskDiffusion"}

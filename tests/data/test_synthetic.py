@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data.pascal_context import HUMAN_PART_GROUPS, VOC_CONTEXT_IDS
-from data.synthetic import GROUND_NORMAL, generate, image_size, main, render_scene
+from data.synthetic import GROUND_NORMAL, MAT_HEADER, generate, image_size, main, render_scene
 
 
 def _tree(root):
@@ -46,6 +46,9 @@ def test_deterministic_for_a_seed(tmp_path):
     for rel in _tree(a):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "JPEGImages/2008_000000.jpg").read_bytes() != (c / "JPEGImages/2008_000000.jpg").read_bytes()
+    # no wall-clock time in the .mat headers (scipy's default), so the bytes match across seconds too
+    mats = [rel for rel in _tree(a) if str(rel).endswith(".mat")]
+    assert mats and all((a / rel).read_bytes()[:116].rstrip() == MAT_HEADER for rel in mats)
     x, y = render_scene("nyud", 7, 3), render_scene("nyud", 7, 3)
     for k in ("image", "depth", "segmentation", "normals"):
         np.testing.assert_array_equal(x[k], y[k])

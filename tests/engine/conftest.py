@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "demo" / "synthetic_pascal.yml")
-BASE_OPTS = ["crop_size=[48,48]", "trBatch=2", "valBatch=2", "nworkers=0", "eval_workers=0", "warmup_iters=0",
+BASE_OPTS = ["crop_size=[48,48]", "trBatch=2", "valBatch=2", "nworkers=0", "eval_workers=0", "edge_eval.workers=0", "warmup_iters=0",
              "edge_eval.full_thresholds=5", "edge_eval.estimate_thresholds=3", "print_freq=1"]
 
 

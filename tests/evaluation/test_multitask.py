@@ -118,10 +118,10 @@ def test_update_does_not_modify_inputs_and_checks_shapes():
 
 
 def _cfg(tmp_path=None, **edge_eval):
-    ee = {"full_thresholds": 7, "estimate_thresholds": 4, "estimate_max_images": 3, "image_list": None}
+    ee = {"full_thresholds": 7, "estimate_thresholds": 4, "estimate_max_images": 3, "image_list": None, "workers": 1}
     ee.update(edge_eval)
     return EasyDict(db_name="PASCALContext", TASKS={"NAMES": PASCAL_TASKS}, edge_w=0.95, ignore_index=255,
-                    eval_workers=1, edge_eval=ee)
+                    eval_workers=3, edge_eval=ee)
 
 
 def test_build_evaluator_full_and_estimate(tmp_path):
@@ -135,6 +135,9 @@ def test_build_evaluator_full_and_estimate(tmp_path):
     r = est.compute()["edge"]
     assert "odsF_est" in r and "odsF" not in r and r["num_images_est"] == 3
     assert build_evaluator(_cfg(), boundary=False).boundary is None
+    # boundary processes come from edge_eval.workers, not from eval_workers (DataLoader workers)
+    assert full.boundary.workers == 1 and build_evaluator(_cfg(workers=5)).boundary.workers == 5
+    assert full.boundary.backend == "scipy" and build_evaluator(_cfg(), workers=2).boundary.workers == 2
     ids = tmp_path / "ids.txt"
     ids.write_text("# published list\n000_0\n001_1\n")
     listed = build_evaluator(_cfg(image_list=str(ids)))
@@ -159,3 +162,27 @@ def test_delta_m_signs_and_estimate_fallback():
     with pytest.raises(KeyError, match="delta_m_reference"):
         delta_m(better, {}, "PASCALContext", ["semseg"])
     assert math.isfinite(MultiTaskEvaluator("PASCALContext", tasks).delta_m(better, ref))
+
+
+def test_compute_delta_m_warns_on_a_reference_without_the_run_tasks():
+    """A reference missing a task of the run gives None *and* a warning naming the problem."""
+    import logging
+
+    from engine.evaluator import compute_delta_m
+    from utils.logger import LOGGER_NAME
+
+    cfg = EasyDict(db_name="PASCALContext", TASKS={"NAMES": ["semseg", "normals"]})
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger(LOGGER_NAME)
+    log.addHandler(handler)
+    try:
+        results = {"semseg": {"mIoU": 50.0}, "normals": {"mean": 20.0}}
+        assert compute_delta_m(results, {"semseg": {"mIoU": 50.0}, "normals": {"mean": 20.0}}, cfg) == 0.0
+        assert not records
+        assert compute_delta_m(results, {"semseg": {"mIoU": 50.0}}, cfg) is None
+    finally:
+        log.removeHandler(handler)
+    assert len(records) == 1 and "normals" in records[0].getMessage()
+    assert "delta_m_reference" in records[0].getMessage()

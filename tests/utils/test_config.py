@@ -105,7 +105,9 @@ def test_shipped_config_loads_with_derived_fields(rel):
     assert cfg.timesteps == 3 and cfg.randsteps == 1 and cfg.bit_scales == {"all": 0.01}
     assert cfg.module_layer == 3 and cfg.with_aux is True
     assert cfg.output_dir == os.path.abspath(os.path.join(cfg.out_dir, cfg.version_name))
-    assert cfg.checkpoint == os.path.join(cfg.output_dir, "checkpoint.pth.tar")
+    from utils.checkpoint import LAST, checkpoint_dir
+
+    assert cfg.checkpoint == os.path.join(checkpoint_dir(cfg.output_dir), LAST)  # where the trainer resumes from
 
 
 @pytest.mark.parametrize("rel", sorted(PAPER))
