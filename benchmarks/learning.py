@@ -8,6 +8,11 @@ the gain) for each seed and the mean.
 
     python -m benchmarks.learning                      # CPU-sized: minutes
     python -m benchmarks.learning --long --device cuda # longer GPU run
+    python -m benchmarks.learning --variant 'bit0.1:bit_scales.all=0.1' --variant 'steps1:timesteps=1'
+
+--variant adds TaskDiffusion arms with config overrides to the same table (the knobs to look at when the
+decoder does not help: bit_scale, number of DDIM steps, schedule); a variant that only changes sampling
+re-evaluates the default TaskDiffusion checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,30 +48,74 @@ def ensure_data(dataset: str, root: Path, n_train: int, n_val: int, size=None) -
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+# config keys that only change sampling: a variant that sets nothing else re-evaluates the default
+# TaskDiffusion checkpoint instead of training again
+SAMPLING_ONLY_KEYS = {"timesteps", "randsteps"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One column of the comparison: a model plus config overrides (a TaskDiffusion variant)."""
+
+    name: str
+    model: str
+    opts: tuple = ()
+
+    @property
+    def sampling_only(self) -> bool:
+        return bool(self.opts) and all(o.split("=", 1)[0] in SAMPLING_ONLY_KEYS for o in self.opts)
+
+
+def parse_variant(text: str) -> Arm:
+    """'NAME:KEY=VALUE [KEY=VALUE ...]' -> a TaskDiffusion arm, e.g. 'bit0.1:bit_scales.all=0.1'."""
+    name, sep, rest = text.partition(":")
+    opts = tuple(rest.split())
+    if not sep or not name.strip() or not opts or any("=" not in o for o in opts):
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME:KEY=VALUE [KEY=VALUE ...], "
+                                         f"e.g. 'bit0.1:bit_scales.all=0.1' or 'steps5:timesteps=5'")
+    return Arm(f"TaskDiffusion[{name.strip()}]", "TaskDiffusion", opts)
+
+
 def final_metrics(run_dir: Path) -> dict:
-    files = sorted((run_dir / "metrics").glob("metrics_iter*.json"))
+    """'results' of the run's last metrics file (training's final evaluation, or an infer run's)."""
+    folder = run_dir / "metrics"
+    files = sorted(folder.glob("metrics_iter*.json")) or sorted(folder.glob("metrics_infer_iter*.json"))
     if not files:
-        raise FileNotFoundError(f"no metrics JSON under {run_dir / 'metrics'}: did the run finish?")
+        raise FileNotFoundError(f"no metrics JSON under {folder}: did the run finish?")
     data = json.loads(files[-1].read_text())
     if "results" not in data:
         raise KeyError(f"{files[-1]} has no 'results' (keys: {sorted(data)}): not a metrics file of main.py")
     return data["results"]
 
 
-def run_one(dataset, model, seed, args, data_root: Path, out_root: Path) -> dict:
+def run_folder(dataset: str, arm: Arm, seed: int, tag: str) -> str:
+    slug = arm.name.replace("TaskDiffusion[", "TaskDiffusion_").rstrip("]")
+    return f"learn_{dataset}_{slug}_s{seed}" + (f"_{tag}" if tag else "")
+
+
+def run_one(dataset, arm: Arm, seed, args, data_root: Path, out_root: Path) -> dict:
+    """Train (or, for a sampling-only variant, re-evaluate) one arm; finished runs are reused by name."""
     cfg_path, _ = DATASETS[dataset]
-    version = f"learn_{dataset}_{model}_s{seed}" + (f"_{args.tag}" if args.tag else "")
+    version = run_folder(dataset, arm, seed, args.tag)
     run_dir = out_root / version
-    opts = [f"model={model}", f"seed={seed}", f"version_name={version}", f"out_dir={out_root}",
-            f"max_iter={args.iters}", f"val_interval={args.iters}", f"ckpt_interval={args.iters}", *args.opts]
+    opts = [f"model={arm.model}", f"seed={seed}", f"version_name={version}", f"out_dir={out_root}",
+            f"max_iter={args.iters}", f"val_interval={args.iters}", f"ckpt_interval={args.iters}", *args.opts,
+            *arm.opts]
     if args.device == "cpu":
         opts.append("amp=false")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     if not (run_dir / "metrics").exists() or not list((run_dir / "metrics").glob("*.json")):
-        cmd = [sys.executable, "main.py", "--config_exp", cfg_path, "--run_mode", "train",
-               "--data_root", str(data_root), "--opts", *opts]
+        cmd = [sys.executable, "main.py", "--config_exp", cfg_path, "--data_root", str(data_root)]
+        if arm.sampling_only:
+            default = Arm("TaskDiffusion", "TaskDiffusion")
+            run_one(dataset, default, seed, args, data_root, out_root)  # trains it unless already done
+            ckpt = out_root / run_folder(dataset, default, seed, args.tag) / "checkpoints" / "last.pth"
+            cmd += ["--run_mode", "infer", "--trained_model", str(ckpt)]
+        else:
+            cmd += ["--run_mode", "train"]
+        cmd += ["--opts", *opts]
         print("[learning]", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     return final_metrics(run_dir)
@@ -105,6 +155,10 @@ def main(argv=None) -> int:
                    help="generated image size (default: data.synthetic's)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (both models), e.g. bit_scales.all=0.1 timesteps=5")
+    p.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME:KEY=VALUE ...",
+                   help="an extra TaskDiffusion arm with config overrides, e.g. 'bit0.1:bit_scales.all=0.1'; "
+                        "repeatable. Sampling-only overrides (timesteps, randsteps) re-evaluate the default "
+                        "TaskDiffusion checkpoint instead of training again")
     p.add_argument("--tag", default="", help="suffix of the run folders (finished runs are reused by name: "
                                                 "give runs with other --opts/--iters their own tag)")
     p.add_argument("--json", default=None)
@@ -119,8 +173,9 @@ def main(argv=None) -> int:
     for dataset in args.datasets:
         cfg_path, db_name = DATASETS[dataset]
         ensure_data(dataset, data_root, n_train, n_val, args.image_size)
-        results = {m: [run_one(dataset, m, s, args, data_root, out_root) for s in args.seeds]
-                   for m in ("baseline", "TaskDiffusion")}
+        arms = [Arm("baseline", "baseline"), Arm("TaskDiffusion", "TaskDiffusion"), *args.variant]
+        results = {arm.name: [run_one(dataset, arm, s, args, data_root, out_root) for s in args.seeds]
+                   for arm in arms}
         tasks = [t for t in TASK_ORDER if t in results["baseline"][0]]
         heads = {m: [headline(r, db_name, tasks) for r in rs] for m, rs in results.items()}
         ref = {t: statistics.mean(h[t] for h in heads["baseline"] if h[t] is not None) for t in tasks}
@@ -129,7 +184,8 @@ def main(argv=None) -> int:
                      + " | Delta_m vs baseline mean (%) |")
         lines.append("|---|---|" + "---|" * (len(tasks) + 1))
         report[dataset] = {}
-        for m in ("baseline", "TaskDiffusion"):
+        for arm in arms:
+            m = arm.name
             dms = []
             for seed, h in zip(args.seeds, heads[m]):
                 dm = delta_m(h, ref, db_name)
@@ -137,9 +193,10 @@ def main(argv=None) -> int:
                 lines.append(f"| {m} | {seed} | " + " | ".join(f"{h[t]:.3f}" if h[t] is not None else "-"
                                                               for t in tasks) + f" | {dm:+.2f} |")
             means = {t: statistics.mean(h[t] for h in heads[m] if h[t] is not None) for t in tasks}
-            lines.append(f"| {m} | mean | " + " | ".join(f"{means[t]:.3f}" for t in tasks)
-                         + f" | {statistics.mean(dms):+.2f} |")
-            report[dataset][m] = {"per_seed": heads[m], "delta_m": dms}
+            spread = f" ± {statistics.stdev(dms):.2f}" if len(dms) > 1 else ""
+            lines.append(f"| **{m}** | mean | " + " | ".join(f"{means[t]:.3f}" for t in tasks)
+                         + f" | **{statistics.mean(dms):+.2f}**{spread} |")
+            report[dataset][m] = {"opts": list(arm.opts), "per_seed": heads[m], "delta_m": dms}
     text = "\n".join(lines)
     print(text)
     if args.json:

@@ -3,6 +3,7 @@
 Numbers are not asserted as speed limits (DEVELOPERS.md): these tests check the bookkeeping (rows,
 ratios, FLOP counts, the reference/fast agreement, Delta_m) on a model small enough for CI.
 """
+import argparse
 import json
 
 import pytest
@@ -46,15 +47,28 @@ def test_learning_end_to_end_tiny(tmp_path, capsys):
     assert learning.main(["--datasets", "pascal", "--seeds", "0", "--iters", "2", "--n_train", "4", "--n_val", "2",
                           "--image_size", "32", "32",
                           "--data_root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--tag", "t",
-                          "--json", str(out), "--opts", "crop_size=[32,32]", "trBatch=2", "valBatch=2",
+                          "--json", str(out), "--variant", "steps1:timesteps=1", "--opts", "crop_size=[32,32]", "trBatch=2", "valBatch=2",
                           "nworkers=0", "eval_workers=0", "edge_eval.workers=0", "warmup_iters=0", "edge_eval.full_thresholds=3",
                           "edge_eval.estimate_thresholds=3"]) == 0
     report = json.loads(out.read_text())["pascal"]
-    assert set(report) == {"baseline", "TaskDiffusion"}
+    assert set(report) == {"baseline", "TaskDiffusion", "TaskDiffusion[steps1]"}
+    assert report["TaskDiffusion[steps1]"]["opts"] == ["timesteps=1"]
     for m in report.values():
         (h,) = m["per_seed"]
         assert set(h) == {"semseg", "human_parts", "sal", "normals", "edge"}
         assert all(isinstance(v, float) for v in h.values())
     assert report["baseline"]["delta_m"] == [pytest.approx(0.0)]  # the reference is the baseline's mean
     assert (tmp_path / "runs" / "learn_pascal_TaskDiffusion_s0_t" / "checkpoints").is_dir()
-    assert "| TaskDiffusion | mean |" in capsys.readouterr().out
+    # a sampling-only variant re-evaluates the default checkpoint instead of training
+    steps1 = tmp_path / "runs" / "learn_pascal_TaskDiffusion_steps1_s0_t"
+    assert not (steps1 / "checkpoints").exists() and list((steps1 / "metrics").glob("metrics_infer_iter*.json"))
+    assert "| **TaskDiffusion[steps1]** | mean |" in capsys.readouterr().out
+
+
+def test_variant_parsing():
+    arm = learning.parse_variant("bit0.1:bit_scales.all=0.1 timesteps=5")
+    assert arm.name == "TaskDiffusion[bit0.1]" and arm.opts == ("bit_scales.all=0.1", "timesteps=5")
+    assert not arm.sampling_only and learning.parse_variant("s:timesteps=2 randsteps=2").sampling_only
+    for bad in ("nocolon", ":timesteps=1", "x:", "x:timesteps"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME:KEY=VALUE"):
+            learning.parse_variant(bad)
