@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from utils import visualization as vis
 from utils.checkpoint import unwrap_model
 from utils.distributed import all_reduce_sum, get_rank, is_main_process
+from utils.io import atomic_write
 from utils.logger import LOGGER_NAME
 from utils.seed import name_seed
 
@@ -276,19 +276,13 @@ def metrics_path(output_dir: str, iteration: int, tag: str = "iter") -> str:
 
 
 def write_json_atomic(path: str, payload) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    """JSON (indented, NaN allowed) written atomically: a killed run never leaves half a metrics file."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(to_plain(payload), f, indent=2, sort_keys=False, allow_nan=True)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _fmt(v) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.postprocess import edge_uint8  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 __all__ = ["save_edge_pngs", "edge_png_arrays", "main"]
 
@@ -58,20 +58,10 @@ def save_edge_pngs(edge: torch.Tensor, meta, out_dir: str, is_logits: bool = Tru
     Files are written to a temporary name and renamed, so an interrupted export leaves no truncated PNG.
     """
     folder = os.path.join(out_dir, "edge")
-    os.makedirs(folder, exist_ok=True)
     paths = []
     for name, arr in edge_png_arrays(edge, meta, is_logits):
-        path = os.path.join(folder, f"{name}.png")
-        fd, tmp = tempfile.mkstemp(prefix=".edge.", suffix=".png", dir=folder)
-        os.close(fd)
-        try:
-            Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(tmp, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        paths.append(path)
+        img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
+        paths.append(atomic_write(os.path.join(folder, f"{name}.png"), lambda tmp: img.save(tmp, format="PNG")))
     return paths
 
 

@@ -17,12 +17,13 @@ checkpoints whose keys carry `module.` (converted by tools.convert_official_chec
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Mapping
 
 import torch
 from torch import nn
+
+from utils.io import atomic_write
 
 __all__ = ["CKPT_DIR", "LAST", "BEST", "FORMAT_VERSION", "unwrap_model", "atomic_torch_save", "checkpoint_dir",
            "last_checkpoint", "periodic_name", "build_state", "save_checkpoint", "load_checkpoint",
@@ -67,20 +68,7 @@ def periodic_name(iteration: int) -> str:
 
 def atomic_torch_save(obj, path: str) -> str:
     """torch.save to a temporary file in the target folder, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def build_state(model: nn.Module, optimizer=None, scheduler=None, scaler=None, iteration: int = 0,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -32,6 +31,7 @@ import yaml
 from easydict import EasyDict
 
 from data import tasks as task_table
+from utils.io import atomic_write
 
 __all__ = [
     "ConfigError", "Spec", "SCHEMA", "DERIVED_KEYS", "load_config", "save_config",
@@ -716,22 +716,15 @@ def config_to_dict(cfg: Mapping) -> dict:
 
 def save_config(cfg: Mapping, path: str) -> str:
     """Write the resolved config as YAML, atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     text = ("# Resolved configuration (defaults filled, derived fields added) written by utils/config.py.\n"
             "# It can be loaded again with --config_exp.\n"
             + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None, width=100))
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(os.fspath(path), write)
 
 
 def schema_doc(schema: Mapping[str, Spec] = SCHEMA, prefix: str = "") -> str:

@@ -14,9 +14,10 @@ PNG writers are atomic (temporary file + rename) so an interrupted run never lea
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from utils.io import atomic_write
 
 __all__ = ["voc_palette", "colorize_labels", "depth_to_color", "normals_to_rgb", "gray_to_rgb",
            "denormalize_image", "prediction_to_numpy", "target_to_numpy", "task_picture", "make_grid",
@@ -200,22 +201,6 @@ def make_grid(rows, pad: int = 2, fill: int = 255) -> np.ndarray:
     return out
 
 
-def _atomic_write(path: str, write) -> str:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_png(path: str, img: np.ndarray) -> str:
     """Write an RGB (H×W×3) or grey (H×W) uint8 picture as PNG."""
     from PIL import Image
@@ -223,7 +208,7 @@ def save_png(path: str, img: np.ndarray) -> str:
     arr = np.ascontiguousarray(img)
     if arr.dtype != np.uint8:
         raise ValueError(f"save_png({path}): expected uint8, got {arr.dtype}")
-    return _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 def save_label_png(path: str, labels: np.ndarray) -> str:
@@ -233,7 +218,7 @@ def save_label_png(path: str, labels: np.ndarray) -> str:
     lab = np.clip(np.asarray(labels), 0, 255).astype(np.uint8)
     im = Image.frombytes("P", (lab.shape[1], lab.shape[0]), np.ascontiguousarray(lab).tobytes())
     im.putpalette(_PALETTE.reshape(-1).tolist())
-    return _atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def save_depth_png16(path: str, depth_m: np.ndarray) -> str:
@@ -246,4 +231,4 @@ def save_depth_png16(path: str, depth_m: np.ndarray) -> str:
         if not cv2.imwrite(tmp, mm):
             raise OSError(f"cannot write {path}")
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
