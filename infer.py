@@ -46,7 +46,6 @@ def main(argv=None) -> int:
 
 
 def run(cfg, args) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
     from data.tasks import task_infos

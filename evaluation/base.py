@@ -45,6 +45,18 @@ class SumMeter:
             value = value.detach().to(device="cpu", dtype=torch.float64)
         self.sums[name] += value
 
+    @staticmethod
+    def valid_uint8_scores(pred: torch.Tensor, gt: torch.Tensor, ignore_index) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scores in [0, 1] as float64, labels) of the pixels whose label is not `ignore_index`.
+
+        For the meters fed 0-255 maps (saliency, edge): pred B×H×W, gt B×H×W or B×1×H×W.
+        """
+        gt = gt[:, 0] if gt.dim() == 4 else gt
+        if gt.shape != pred.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} do not match")
+        valid = gt != ignore_index
+        return pred[valid].double() / 255.0, gt[valid]
+
     def merge(self, other: "SumMeter") -> "SumMeter":
         """Add another accumulator of the same kind and configuration into this one (returns self)."""
         if type(other) is not type(self) or other.sums.keys() != self.sums.keys():

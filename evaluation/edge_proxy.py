@@ -31,16 +31,12 @@ class EdgeProxyMeter(SumMeter):
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
-        gt = gt[:, 0] if gt.dim() == 4 else gt
-        if gt.shape != pred.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} do not match")
-        valid = gt != self.ignore_index
-        x = pred[valid].double() / 255.0
-        y = gt[valid].double()
+        x, y = self.valid_uint8_scores(pred, gt, self.ignore_index)
+        y = y.double()
         w = self.edge_w
         pos_weight = torch.tensor(w / (1.0 - w), dtype=torch.float64, device=x.device)
         per_pixel = F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none") * (1.0 - w)
-        self._add("n", valid.sum())
+        self._add("n", x.numel())
         self._add("sum", per_pixel.sum())
 
     def compute(self) -> dict:

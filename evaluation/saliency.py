@@ -36,12 +36,8 @@ class SaliencyMeter(SumMeter):
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
-        gt = gt[:, 0] if gt.dim() == 4 else gt
-        if gt.shape != pred.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} do not match")
-        valid = gt != self.ignore_index
-        p = pred[valid].double() / 255.0
-        pos = gt[valid] == 1
+        p, labels = self.valid_uint8_scores(pred, gt, self.ignore_index)
+        pos = labels == 1
         thr = self.thresholds.to(p.device)
         # k = number of thresholds t_j <= p, i.e. p >= t_j exactly for j < k.
         k = torch.searchsorted(thr, p, right=True)
@@ -52,7 +48,7 @@ class SaliencyMeter(SumMeter):
         self._add("tp", pos_k)
         self._add("pp", all_k)
         self._add("ap", pos.sum())
-        self._add("valid", valid.sum())
+        self._add("valid", p.numel())
         half = p >= 0.5
         self._add("tp_half", (half & pos).sum())
         self._add("pp_half", half.sum())

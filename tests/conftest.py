@@ -16,6 +16,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread and leaves it so, even when the code under test (a
+    benchmark's --threads, an in-process main.py) changes it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

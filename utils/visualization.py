@@ -13,8 +13,6 @@ PNG writers are atomic (temporary file + rename) so an interrupted run never lea
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from utils.io import atomic_write

@@ -11,14 +11,6 @@ from models import backbone as bb
 from models.backbone import ViTMultiLevel, build_backbone, load_pretrained, resize_pos_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits make tiny ops slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 D, DEPTH, HEADS, C = 32, 4, 2, 8
 

@@ -12,6 +12,7 @@ from easydict import EasyDict
 
 from models import build_model
 from models.baseline import BaselineHead, BaselineModel
+from tests.models.helpers import randomize_bn
 
 
 def _cfg(model="baseline", tasks=("semseg", "human_parts", "sal", "normals", "edge"), **kw):
@@ -113,11 +114,7 @@ def test_fast_path_equals_reference_path(train):
 
     torch.manual_seed(0)
     fast = build_model(_cfg(final_embed_dim=12)).double()
-    g = torch.Generator().manual_seed(1)
-    for m in fast.modules():  # non-trivial BN so the eval-mode path is exercised too
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=torch.float64) + 0.5)
+    randomize_bn(fast, seed=1)  # non-trivial BN so the eval-mode path is exercised too
     ref = copy.deepcopy(fast)
     ref.heads.set_fast_path(False)
     assert fast.heads.fast_path and not ref.heads.fast_path

@@ -11,14 +11,6 @@ from tools.convert_official_checkpoint import (ConversionError, build_reference_
 from utils.config import load_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits make tiny ops slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # official reference (non-MLoRE; the MLoRE ones are tested with models/mlore.py) -> our config
 REFERENCES = {
     "official_state_dict_pascal_vitLp16.json": "configs/pascal/vitL.yml",

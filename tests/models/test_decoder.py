@@ -1,38 +1,21 @@
 """Decoder blocks (spec §4.2) and the cross-task gating FPN (§4.7) against plain re-computations."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.decoder import CondConv, CondConvMLP, ConvMLP, CrossTaskFPN, NoisyInputFusion, task_feat_block
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits make tiny ops slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.models.helpers import randomize_bn
 
 
 C, T_DIM = 8, 8
 
 
-def _randomize_bn(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-
-
 def test_film_blocks_compute_the_spec_formula():
     torch.manual_seed(0)
     blk = CondConvMLP(C, C, C, T_DIM).eval()
-    _randomize_bn(blk)
+    randomize_bn(blk, affine=False)
     x, temb = torch.randn(2, C, 5, 6), torch.randn(2, T_DIM)
     scale, shift = blk.time_mlp[1](F.silu(temb)).chunk(2, dim=1)
     y = blk.norm(blk.conv_1(x)) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
@@ -99,7 +82,7 @@ def test_cross_task_gating_matches_plain_loops():
     torch.manual_seed(3)
     tasks = ["a", "b", "c"]
     fpn = CrossTaskFPN(tasks, C, T_DIM, 4, lambda l: nn.ModuleDict({t: task_feat_block(C) for t in tasks})).eval()
-    _randomize_bn(fpn)
+    randomize_bn(fpn, affine=False)
     fused = [torch.randn(2, C, 4, 5) for _ in range(4)]
     clean = [{t: torch.randn(2, C, 4, 5) for t in tasks} for _ in range(4)]
     temb = torch.randn(2, T_DIM)

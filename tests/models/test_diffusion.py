@@ -11,14 +11,6 @@ from models.diffusion import (LearnedSinusoidalPosEmb, alpha_sigma, build_time_m
                               to_bits)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits make tiny ops slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # spec table 4.5: t, logsnr, alpha, sigma
 SCHEDULE = [

@@ -16,29 +16,7 @@ from torch import nn
 
 from models import build_model
 from models.decoder import CondConvMLP, ConvMLP, NoisyInputFusion, border_bias, conv3x3_of_upsampled
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(a, b, what="", rtol=1e-5, atol_floor=0.0):
-    atol = max(rtol * b.abs().max().item(), atol_floor)
-    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
-def _randomize_bn(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+from tests.models.helpers import close, randomize_bn
 
 
 @pytest.mark.parametrize("hw,size", [((3, 5), (12, 20)), ((4, 4), (16, 16)), ((2, 3), (7, 11)), ((1, 1), (4, 4))])
@@ -63,8 +41,8 @@ def _blocks(seed=0):
     blk = CondConvMLP(8, 8, 8, 6, residual=True).double()
     aux = ConvMLP(12, 8).double()
     head = nn.Conv2d(8, 5, 3, padding=1).double()
-    _randomize_bn(blk, 1)
-    _randomize_bn(aux, 2)
+    randomize_bn(blk, 1)
+    randomize_bn(aux, 2)
     return blk, aux, head
 
 
@@ -116,7 +94,7 @@ def tiny_model(db, seed=0):
                    drop_path_rate=0.0, final_embed_dim=16, timesteps=3, randsteps=1, bit_scales={"all": 0.01},
                    module_layer=2, with_aux=True, backbone_weights=None)
     model = build_model(cfg).double()
-    _randomize_bn(model, seed)
+    randomize_bn(model, seed)
     return model
 
 

@@ -8,14 +8,6 @@ from tools.convert_official_checkpoint import build_reference_model
 from utils.config import load_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits make tiny ops slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # spec §4.12: config -> (total, backbone, head)
 COUNTS = {
     "configs/pascal/vitL.yml": (445_414_626, 305_690_080, 139_724_546),

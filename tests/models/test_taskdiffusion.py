@@ -11,14 +11,6 @@ from models import build_model
 from models.taskdiffusion import TaskDiffusionHead, build_taskdiffusion_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits make tiny ops slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TASKS = {"PASCALContext": ["semseg", "human_parts", "sal", "normals", "edge"],
          "NYUD": ["semseg", "depth", "normals", "edge"]}
