@@ -7,13 +7,17 @@ queue's.
 from __future__ import annotations
 
 import platform
+import subprocess
 import statistics
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 from data.tasks import task_infos
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_targets(cfg, batch: int, size, device, generator=None) -> dict:
@@ -78,3 +82,15 @@ def machine_description(device: torch.device) -> dict:
         desc["gpu"] = torch.cuda.get_device_name(device)
         desc["cuda"] = torch.version.cuda
     return desc
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout (+ '-dirty' with local changes), so a result names the code it measured."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "models", "benchmarks"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("-dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None

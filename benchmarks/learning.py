@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import git_commit, machine_description  # noqa: E402
 from data.tasks import TASK_ORDER, task_infos  # noqa: E402
 
 DATASETS = {
@@ -200,7 +201,13 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        import torch
+
+        meta = {"commit": git_commit(), "machine": machine_description(torch.device(args.device)),
+                "args": {k: (v if k != "variant" else [f"{a.name}:{' '.join(a.opts)}" for a in v])
+                         for k, v in vars(args).items()}}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**meta, "results": report}, indent=2))
     return 0
 
 

@@ -40,8 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (autocast_ctx, machine_description, random_targets, stats, sync,  # noqa: E402
-                               time_call)
+from benchmarks.common import (autocast_ctx, git_commit, machine_description, random_targets, stats,  # noqa: E402
+                               sync, time_call)
 
 CONFIGS = {
     "pascal_vitB": "configs/pascal/vitB.yml",
@@ -353,19 +353,6 @@ def main(argv=None) -> int:
     print(markdown(rows))
     write_json(args, device, rows)
     return 0
-
-
-def git_commit() -> str | None:
-    """HEAD of the checkout (+ '-dirty' with local changes), so a result names the code it measured."""
-    import subprocess
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "models", "benchmarks"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        return (head + ("-dirty" if dirty else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_json(args, device, rows) -> None:

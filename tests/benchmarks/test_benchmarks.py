@@ -50,7 +50,10 @@ def test_learning_end_to_end_tiny(tmp_path, capsys):
                           "--json", str(out), "--variant", "steps1:timesteps=1", "--opts", "crop_size=[32,32]", "trBatch=2", "valBatch=2",
                           "nworkers=0", "eval_workers=0", "edge_eval.workers=0", "warmup_iters=0", "edge_eval.full_thresholds=3",
                           "edge_eval.estimate_thresholds=3"]) == 0
-    report = json.loads(out.read_text())["pascal"]
+    data = json.loads(out.read_text())
+    assert data["args"]["iters"] == 2 and data["args"]["variant"] == ["TaskDiffusion[steps1]:timesteps=1"]
+    assert "torch" in data["machine"]
+    report = data["results"]["pascal"]
     assert set(report) == {"baseline", "TaskDiffusion", "TaskDiffusion[steps1]"}
     assert report["TaskDiffusion[steps1]"]["opts"] == ["timesteps=1"]
     for m in report.values():
