@@ -53,6 +53,7 @@ def run(cfg, args) -> int:
     from engine.inference import ImageFolder, PredictionJob, collate_images, list_images, predict_batch
     from utils.checkpoint import CheckpointError
     from utils.cli import fail, load_trained_model, pick_device
+    from utils.config import bf16_autocast
     from utils.logger import Progress, setup_logger
 
     out_dir = os.path.abspath(args.output or os.path.join(cfg.output_dir, "inference"))
@@ -93,7 +94,7 @@ def run(cfg, args) -> int:
     try:
         for batch in loader:
             images = batch["image"].to(device)
-            pred = predict_batch(model, images, batch["meta"]["img_name"], seed, amp=bool(cfg.get("amp", True)))
+            pred = predict_batch(model, images, batch["meta"]["img_name"], seed, amp=bf16_autocast(cfg, device))
             job.process(batch, pred)
             progress.update(len(batch["meta"]["img_name"]))
     finally:

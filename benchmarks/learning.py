@@ -9,10 +9,11 @@ the gain) for each seed and the mean.
     python -m benchmarks.learning                      # CPU-sized: minutes
     python -m benchmarks.learning --long --device cuda # longer GPU run
     python -m benchmarks.learning --variant 'bit0.1:bit_scales.all=0.1' --variant 'steps1:timesteps=1'
+    python -m benchmarks.learning --variant 'bf16:amp_cpu=true'   # bf16 inference of the fp32-trained models
 
 --variant adds TaskDiffusion arms with config overrides to the same table (the knobs to look at when the
-decoder does not help: bit_scale, number of DDIM steps, schedule); a variant that only changes sampling
-re-evaluates the default TaskDiffusion checkpoint.
+decoder does not help: bit_scale, number of DDIM steps, schedule); a variant that only changes inference
+re-evaluates the default TaskDiffusion checkpoint (also `amp_cpu=true`: bf16 inference on the CPU).
 """
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ def ensure_data(dataset: str, root: Path, n_train: int, n_val: int, size=None) -
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-# config keys that only change sampling: a variant that sets nothing else re-evaluates the default
-# TaskDiffusion checkpoint instead of training again
-SAMPLING_ONLY_KEYS = {"timesteps", "randsteps"}
+# config keys measured at inference: a variant that sets nothing else re-evaluates the default
+# TaskDiffusion checkpoint instead of training again (DDIM steps, parallel samples, bf16 on CPU)
+INFERENCE_KEYS = {"timesteps", "randsteps", "amp_cpu"}
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Arm:
     opts: tuple = ()
 
     @property
-    def sampling_only(self) -> bool:
-        return bool(self.opts) and all(o.split("=", 1)[0] in SAMPLING_ONLY_KEYS for o in self.opts)
+    def inference_only(self) -> bool:
+        return bool(self.opts) and all(o.split("=", 1)[0] in INFERENCE_KEYS for o in self.opts)
 
 
 def parse_variant(text: str) -> Arm:
@@ -95,21 +96,21 @@ def run_folder(dataset: str, arm: Arm, seed: int, tag: str) -> str:
 
 
 def run_one(dataset, arm: Arm, seed, args, data_root: Path, out_root: Path) -> dict:
-    """Train (or, for a sampling-only variant, re-evaluate) one arm; finished runs are reused by name."""
+    """Train (or, for an inference-only variant, re-evaluate) one arm; finished runs are reused by name.
+
+    On CPU the runs are fp32 (amp has no effect there unless amp_cpu=true)."""
     cfg_path, _ = DATASETS[dataset]
     version = run_folder(dataset, arm, seed, args.tag)
     run_dir = out_root / version
     opts = [f"model={arm.model}", f"seed={seed}", f"version_name={version}", f"out_dir={out_root}",
             f"max_iter={args.iters}", f"val_interval={args.iters}", f"ckpt_interval={args.iters}", *args.opts,
             *arm.opts]
-    if args.device == "cpu":
-        opts.append("amp=false")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     if not (run_dir / "metrics").exists() or not list((run_dir / "metrics").glob("*.json")):
         cmd = [sys.executable, "main.py", "--config_exp", cfg_path, "--data_root", str(data_root)]
-        if arm.sampling_only:
+        if arm.inference_only:
             default = Arm("TaskDiffusion", "TaskDiffusion")
             run_one(dataset, default, seed, args, data_root, out_root)  # trains it unless already done
             ckpt = out_root / run_folder(dataset, default, seed, args.tag) / "checkpoints" / "last.pth"

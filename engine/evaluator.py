@@ -24,6 +24,7 @@ import torch
 from utils import visualization as vis
 from utils.checkpoint import unwrap_model
 from utils.distributed import all_reduce_sum, get_rank, is_main_process
+from utils.config import bf16_autocast
 from utils.io import atomic_write
 from utils.logger import LOGGER_NAME
 from utils.seed import name_seed
@@ -136,7 +137,7 @@ def _to_device(batch: dict, tasks, device) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | None = None, amp: bool = True,
+def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | None = None, amp: bool | None = None,
              pred_dir: str | None = None, n_visuals: int = 0, progress: bool = True,
              desc: str = "eval") -> EvalOutput:
     """Evaluate `model` (unwrapped for the forward) on this rank's shard of `loader`; all ranks must call it.
@@ -144,6 +145,7 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
     full_edge: full boundary protocol (final/infer) instead of the in-training estimate.
     pred_dir: write every prediction at its original size under pred_dir/<task>/ (each rank its shard).
     n_visuals: on rank 0, return input/GT/prediction grids of the first n images of its shard.
+    amp: bf16 autocast on/off; None: as the config says (utils.config.bf16_autocast).
     """
     from evaluation import build_evaluator
 
@@ -159,7 +161,7 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
                                 and is_main_process())
     evaluator.reset()
     writer = PredictionWriter(pred_dir, infos) if pred_dir else None
-    use_amp = bool(amp) and device.type == "cuda"
+    use_amp = bf16_autocast(cfg, device) if amp is None else bool(amp)
     visuals, count = [], 0
     bar = None
     if progress and is_main_process():

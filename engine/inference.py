@@ -94,11 +94,12 @@ def collate_images(samples) -> dict:
 
 
 @torch.no_grad()
-def predict_batch(model, images: torch.Tensor, names, seed: int, amp: bool = True) -> dict:
-    """{task: B×K×H×W float32 raw outputs} for a normalised, padded batch (per-image seeded noise)."""
+def predict_batch(model, images: torch.Tensor, names, seed: int, amp: bool = False) -> dict:
+    """{task: B×K×H×W float32 raw outputs} for a normalised, padded batch (per-image seeded noise).
+
+    amp: bf16 autocast (callers pass utils.config.bf16_autocast(cfg, device))."""
     noise = eval_noise(model, images, names, seed)
-    use_amp = amp and images.device.type == "cuda"
-    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bool(amp)):
         out = model(images, noise=noise) if noise is not None else model(images)
     return {t: v.float() for t, v in out["pred"].items()}
 

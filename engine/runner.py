@@ -148,7 +148,7 @@ def _infer(cfg, args, datasets, info, log) -> None:
     pred_dir = os.path.join(cfg.output_dir, "predictions")
     t0 = time.perf_counter()
     res = evaluate(model, loader, cfg, info.device, full_edge=True, seed=int(_get(cfg, "seed", 0)),
-                   amp=bool(_get(cfg, "amp", True)), pred_dir=pred_dir, desc="infer")
+                   pred_dir=pred_dir, desc="infer")
     reference = _get(cfg, "delta_m_reference", None)
     dm = compute_delta_m(res.results, reference, cfg)
     payload = {"iteration": iteration, "protocol": "full", "checkpoint": os.path.abspath(args.trained_model),

@@ -34,6 +34,7 @@ from engine.train_data import TrainStream
 from utils import checkpoint as ckpt_lib
 from utils.distributed import (all_gather_object, all_reduce_sum, barrier, broadcast_object, get_rank,
                                get_world_size, is_dist_avail_and_initialized, is_main_process)
+from utils.config import bf16_autocast
 from utils.logger import Progress, get_logger
 from utils.optim import build_optimizer, build_scheduler, current_lr
 from utils.seed import STEP_STREAM, get_rng_state, mix_seed, rank_seed, seed_everything, set_rng_state
@@ -100,7 +101,7 @@ class Trainer:
         self.accum = int(_get(cfg, "grad_accum_steps", 1))
         self.batch_size = int(_get(cfg, "trBatch", 2))
         self.policy = str(_get(cfg, "nonfinite_loss", "abort"))
-        self.amp = bool(_get(cfg, "amp", True)) and device.type == "cuda"
+        self.amp = bf16_autocast(cfg, device)
         self.channels_last = bool(_get(cfg, "channels_last", False))
         clip = _get(cfg, "grad_clip_param", None) or {}
         self.clip_norm = _get(clip, "max_norm", None)

@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     from engine.inference import predict_batch
     from utils.checkpoint import CheckpointError
     from utils.cli import fail, load_cli_config, load_trained_model, pick_device
+    from utils.config import bf16_autocast
 
     cfg = load_cli_config(args)
     if cfg is None:
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for batch in tqdm(loader, desc="export edges", dynamic_ncols=True):
             pred = predict_batch(model, batch["image"].to(device), list(batch["meta"]["img_name"]), seed,
-                                 amp=bool(cfg.get("amp", True)))
+                                 amp=bf16_autocast(cfg, device))
             written += len(save_edge_pngs(pred["edge"], batch["meta"], args.output))
     expected = EXPECTED_COUNT.get(cfg.db_name)
     note = "" if expected in (None, written) or args.split != "val" else \

@@ -62,7 +62,7 @@ def test_learning_end_to_end_tiny(tmp_path, capsys):
         assert all(isinstance(v, float) for v in h.values())
     assert report["baseline"]["delta_m"] == [pytest.approx(0.0)]  # the reference is the baseline's mean
     assert (tmp_path / "runs" / "learn_pascal_TaskDiffusion_s0_t" / "checkpoints").is_dir()
-    # a sampling-only variant re-evaluates the default checkpoint instead of training
+    # an inference-only variant re-evaluates the default checkpoint instead of training
     steps1 = tmp_path / "runs" / "learn_pascal_TaskDiffusion_steps1_s0_t"
     assert not (steps1 / "checkpoints").exists() and list((steps1 / "metrics").glob("metrics_infer_iter*.json"))
     assert "| **TaskDiffusion[steps1]** | mean |" in capsys.readouterr().out
@@ -71,7 +71,8 @@ def test_learning_end_to_end_tiny(tmp_path, capsys):
 def test_variant_parsing():
     arm = learning.parse_variant("bit0.1:bit_scales.all=0.1 timesteps=5")
     assert arm.name == "TaskDiffusion[bit0.1]" and arm.opts == ("bit_scales.all=0.1", "timesteps=5")
-    assert not arm.sampling_only and learning.parse_variant("s:timesteps=2 randsteps=2").sampling_only
+    assert not arm.inference_only and learning.parse_variant("s:timesteps=2 randsteps=2").inference_only
+    assert learning.parse_variant("bf16:amp_cpu=true").inference_only
     for bad in ("nocolon", ":timesteps=1", "x:", "x:timesteps"):
         with pytest.raises(argparse.ArgumentTypeError, match="NAME:KEY=VALUE"):
             learning.parse_variant(bad)

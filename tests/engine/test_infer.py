@@ -109,3 +109,15 @@ def test_export_edges_for_seism_matches_infer(checkpoint, tiny_data, tmp_path, c
     assert export_main(common + ["--trained_model", str(bad), "--output", str(tmp_path / "y"),
                                  "--opts", *BASE_OPTS]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_amp_cpu_runs_inference_in_bf16(checkpoint, tiny_data, tmp_path):
+    """amp_cpu=true switches CPU inference to bf16 autocast: close to fp32, not bit-identical."""
+    outs = {}
+    for name, extra in (("fp32", []), ("bf16", ["amp_cpu=true"])):
+        argv = ["--config_exp", CONFIG, "--trained_model", checkpoint, "--input", "split:val", "--output",
+                str(tmp_path / name), "--device", "cpu", "--data_root", tiny_data, "--seed", "1"]
+        assert infer.main(argv + ["--opts", *BASE_OPTS, *extra]) == 0
+        outs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["results"]
+    a, b = outs["fp32"]["normals"]["mean"], outs["bf16"]["normals"]["mean"]
+    assert a != b and abs(a - b) < 0.05 * a, (a, b)

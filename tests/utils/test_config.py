@@ -491,3 +491,16 @@ def test_main_rejects_missing_pretrained_file(tmp_path, capsys):
                     "--output_dir", str(tmp_path / "o"), "--opts", f"backbone_weights={tmp_path}/none.safetensors"])
     err = capsys.readouterr().err
     assert rc == 2 and "backbone_weights" in err and "none.safetensors" in err
+
+
+def test_bf16_autocast_reads_amp_and_amp_cpu():
+    import torch
+
+    from utils.config import bf16_autocast
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
+    assert bf16_autocast({"amp": True}, gpu) and not bf16_autocast({"amp": False}, gpu)
+    assert not bf16_autocast({"amp": True}, cpu)  # the default: fp32 on CPU
+    assert bf16_autocast({"amp": True, "amp_cpu": True}, cpu) and bf16_autocast({"amp": True, "amp_cpu": True}, "cpu")
+    assert not bf16_autocast({"amp": False, "amp_cpu": True}, cpu)  # amp off switches both off
+    assert not bf16_autocast({"amp": True, "amp_cpu": True}, torch.device("meta"))
