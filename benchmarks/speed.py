@@ -9,7 +9,9 @@ the ratios stay meaningful even when absolute CPU times swing. Variants:
                 fusion every step, one FiLM Linear per block), fp32 eager -- "the original's way"
   fp32          TaskDiffusion, fast path (models/taskdiffusion.py `set_fast_path`), fp32 eager
   bf16          fast path, bf16 autocast, eager
-  bf16-compile  fast path, bf16 autocast, torch.compile (CUDA only by default)
+  bf16-compile  fast path, bf16 autocast, torch.compile of the whole model (CUDA only by default)
+  bf16-compile-regions   the same with models/compile.py: backbone, clean features, one decoder step and
+                aux heads compiled separately (shorter warm-up; on a copy of the model)
   baseline-fp32 / baseline-bf16   the non-diffusion baseline (model: baseline), eager
 
 Measured per variant: a full training step (forward with ground truth, criterion, backward,
@@ -27,6 +29,7 @@ Markdown tables and, with --json, to a file. BENCHMARKS.md has the commands and 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -59,16 +62,21 @@ class Variant:
     model: str  # 'TaskDiffusion' | 'baseline'
     path: str  # 'ref' | 'fast' | '-'
     precision: str  # 'fp32' | 'bf16'
-    compiled: bool
+    compile: str = ""  # '' | 'model' (torch.compile of the whole model) | 'regions' (models/compile.py)
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self.compile)
 
 
 VARIANTS = {v.name: v for v in [
-    Variant("ref-fp32", "TaskDiffusion", "ref", "fp32", False),
-    Variant("fp32", "TaskDiffusion", "fast", "fp32", False),
-    Variant("bf16", "TaskDiffusion", "fast", "bf16", False),
-    Variant("bf16-compile", "TaskDiffusion", "fast", "bf16", True),
-    Variant("baseline-fp32", "baseline", "-", "fp32", False),
-    Variant("baseline-bf16", "baseline", "-", "bf16", False),
+    Variant("ref-fp32", "TaskDiffusion", "ref", "fp32"),
+    Variant("fp32", "TaskDiffusion", "fast", "fp32"),
+    Variant("bf16", "TaskDiffusion", "fast", "bf16"),
+    Variant("bf16-compile", "TaskDiffusion", "fast", "bf16", "model"),
+    Variant("bf16-compile-regions", "TaskDiffusion", "fast", "bf16", "regions"),
+    Variant("baseline-fp32", "baseline", "-", "fp32"),
+    Variant("baseline-bf16", "baseline", "-", "bf16"),
 ]}
 REFERENCE = "ref-fp32"
 
@@ -111,13 +119,22 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 class Runner:
     """The callables of one variant on a shared model: train step, inference, backbone only."""
 
-    def __init__(self, variant: Variant, model, criterion, optimizer, images, targets, device, seed_noise):
+    def __init__(self, variant: Variant, model, criterion, optimizer, images, targets, device, seed_noise,
+                 compile_kwargs=None):
         self.v, self.model, self.device = variant, model, device
         self.criterion, self.optimizer = criterion, optimizer
         self.images, self.targets = images, targets
         self.noise = seed_noise
-        self.fwd = torch.compile(model) if variant.compiled else model
-        self.bb = torch.compile(model.backbone) if variant.compiled else model.backbone
+        if variant.compile == "regions":  # compiles in place: on a copy, so the other variants stay eager
+            from models.compile import compile_regions
+
+            self.model = model = compile_regions(copy.deepcopy(model), **(compile_kwargs or {}))
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-7)
+            self.fwd, self.bb = model, model.backbone
+        else:
+            whole = variant.compile == "model"
+            self.fwd = torch.compile(model, **(compile_kwargs or {})) if whole else model
+            self.bb = torch.compile(model.backbone, **(compile_kwargs or {})) if whole else model.backbone
 
     def _setup(self, train: bool):
         self.model.train(train)
@@ -187,7 +204,8 @@ def bench_group(config_name, model_kind, variants, batch, device, args, ref_pred
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-7)
-    runners = {v.name: Runner(v, model, criterion, optimizer, images, targets, device, noise) for v in variants}
+    ckw = {"backend": args.compile_backend} if getattr(args, "compile_backend", None) else {}
+    runners = {v.name: Runner(v, model, criterion, optimizer, images, targets, device, noise, ckw) for v in variants}
     steps = 1 if model_kind == "baseline" else int(cfg.get("timesteps", 3))
     rows = {}
     # predictions first, before any training step changes weights and BN statistics
@@ -196,7 +214,7 @@ def bench_group(config_name, model_kind, variants, batch, device, args, ref_pred
         ref_pred = {t: v.detach().clone() for t, v in preds[REFERENCE].items()}
     for name, r in runners.items():
         row = rows[name] = {"config": config_name, "variant": name, "model": model_kind, "path": r.v.path,
-                            "precision": r.v.precision, "compile": r.v.compiled, "batch": batch, "size": [h, w],
+                            "precision": r.v.precision, "compile": r.v.compile or False, "batch": batch, "size": [h, w],
                             "device": device.type, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
         t0 = time.perf_counter()
         for _ in range(args.warmup):  # warm-up (and compilation)
@@ -308,6 +326,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no_cudnn_benchmark", action="store_true",
                    help="cuDNN heuristics instead of autotuning (much shorter warm-up; same for every variant)")
+    p.add_argument("--compile_backend", default=None,
+                   help="torch.compile backend of the compile variants (default inductor; 'eager' = trace only)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls/convs (off: fp32 means fp32)")
     p.add_argument("--json", default=None, help="write all rows (and the machine) to this JSON file")
     args = p.parse_args(argv)

@@ -76,3 +76,24 @@ def test_variant_parsing():
     for bad in ("nocolon", ":timesteps=1", "x:", "x:timesteps"):
         with pytest.raises(argparse.ArgumentTypeError, match="NAME:KEY=VALUE"):
             learning.parse_variant(bad)
+
+
+def test_speed_regional_compile_variant_runs_on_a_copy(tmp_path):
+    """bf16-compile-regions (traced with the 'eager' backend here) predicts what the eager bf16 variant
+    predicts, and compiling it in place does not touch the model the other variants share."""
+    out = tmp_path / "speed.json"
+    assert speed.main(["--device", "cpu", "--configs", "demo_pascal", "--size", "32", "32", "--batch", "1",
+                       "--variants", "ref-fp32,bf16,bf16-compile-regions", "--compile_backend", "eager",
+                       "--warmup", "0", "--repeats", "1", "--skip_train", "--skip_flops", "--json", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert not [r for r in rows.values() if "error" in r]
+    assert rows["bf16-compile-regions"]["compile"] == "regions" and rows["bf16"]["compile"] is False
+    dev = rows["bf16"]["pred_max_rel_dev_vs_ref"]
+    assert abs(rows["bf16-compile-regions"]["pred_max_rel_dev_vs_ref"] - dev) <= 1e-3 + 0.5 * dev
+    import torch
+
+    cpu = torch.device("cpu")
+    _, model, crit = speed.build("demo_pascal", "TaskDiffusion", cpu, size=(32, 32))
+    r = speed.Runner(speed.VARIANTS["bf16-compile-regions"], model, crit, None, None, None, cpu, None,
+                     {"backend": "eager"})
+    assert r.model is not model and "decode" in vars(r.model.heads) and "decode" not in vars(model.heads)
