@@ -140,15 +140,28 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- setup
     def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training step calls: DDP around the model, compiled as `compile_options` say.
+
+        scope 'regions' compiles the model's pieces in place before the DDP wrap (evaluation, which calls
+        the plain model, is compiled too); scope 'model' compiles the whole training module."""
         wrapped = model
+        opts = _get(self.cfg, "compile_options", None) or {}
+        kwargs = {"backend": _get(opts, "backend", "inductor")}
+        if _get(opts, "mode", None):
+            kwargs["mode"] = _get(opts, "mode")
+        compile_on = bool(_get(self.cfg, "compile", False))
+        if compile_on and _get(opts, "scope", "regions") == "regions":
+            from models.compile import compile_regions
+
+            compile_regions(model, **kwargs)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             dev_ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DDP(model, device_ids=dev_ids, output_device=dev_ids[0] if dev_ids else None,
                           find_unused_parameters=find_unused_for(self.cfg))
-        if bool(_get(self.cfg, "compile", False)):
-            wrapped = torch.compile(wrapped)
+        if compile_on and _get(opts, "scope", "regions") == "model":
+            wrapped = torch.compile(wrapped, **kwargs)
         return wrapped
 
     def _val_loader(self):

@@ -171,7 +171,17 @@ SCHEMA: dict[str, Spec] = {
     "amp": _bool(True, "bfloat16 autocast on CUDA (on CPU only with amp_cpu; the paper trained in fp32)"),
     "amp_cpu": _bool(False, "with amp: bfloat16 autocast on CPU too (about 2x faster inference on CPUs with "
                             "native bf16, AVX512-BF16/AMX; off by default: older CPUs emulate it slowly)"),
-    "compile": _bool(False, "torch.compile the model"),
+    "compile": _bool(False, "torch.compile the model for training and evaluation (see compile_options)"),
+    "compile_options": _dict({
+        "scope": _str("regions", "regions: backbone, clean task features, one decoder step and the aux heads "
+                                 "compiled separately, in place (models/compile.py; much shorter warm-up, "
+                                 "used by evaluation too); model: torch.compile of the whole training model",
+                      choices=("regions", "model")),
+        "backend": _str("inductor", "torch.compile backend ('eager': trace only, for debugging)"),
+        "mode": _str(None, "torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune",
+                     nullable=True, choices=(None, "default", "reduce-overhead", "max-autotune",
+                                             "max-autotune-no-cudagraphs")),
+    }, "torch.compile settings (used when compile: true)"),
     "channels_last": _bool(False, "channels-last memory format for the model and images"),
     "nonfinite_loss": _str("abort", "what to do on a NaN/Inf loss: stop with a message, or skip the step",
                            choices=("abort", "skip")),
