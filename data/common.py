@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,29 @@ def dataset_cache_dir(cache_root: Path, db_name: str, dataset_dir: Path) -> Path
     """Per-dataset cache folder keyed by the dataset's absolute path (two copies never share a cache)."""
     key = hashlib.sha1(str(Path(dataset_dir).resolve()).encode()).hexdigest()[:12]
     return Path(cache_root) / f"{db_name}-{key}"
+
+
+@contextmanager
+def exclusive_lock(path: Path):
+    """Hold an exclusive advisory lock on `path` (created if needed) for the block.
+
+    Used where every rank and DataLoader worker would otherwise build the same cache file at once (the
+    PASCAL part index reads every .mat file): the first builds it, the others wait and read its result.
+    Without fcntl (not POSIX) or a writable folder the block runs unlocked: caching is an optimisation.
+    """
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def file_stamp(path) -> list:

@@ -36,6 +36,7 @@ from .common import (
     dataset_cache_dir,
     decode_normals,
     default_cache_root,
+    exclusive_lock,
     file_stamp,
     fit_to_image,
     load_mat,
@@ -243,13 +244,37 @@ class PASCALContext(MultiTaskDataset):
                 pass
         fingerprint = self._parts_fingerprint()
         path = self.cache / f"parts_index_{self.split}.json"
-        if path.is_file():
+        index = self._read_part_cache(path, fingerprint, want)
+        if index is not None:
+            return index
+        # one builder: other ranks/processes wait here, then find its file
+        with exclusive_lock(self.cache / f".parts_index_{self.split}.lock"):
+            index = self._read_part_cache(path, fingerprint, want)
+            if index is not None:
+                return index
+            index = self._build_part_index()
             try:
-                blob = json.loads(path.read_text())
-                if blob.get("fingerprint") == fingerprint and set(blob["index"]) == want:
-                    return blob["index"]
-            except (ValueError, OSError, KeyError, TypeError):
-                pass
+                self.cache.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "index": index}))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # read-only cache location: keep the index in memory only
+        return index
+
+    @staticmethod
+    def _read_part_cache(path, fingerprint: str, want: set) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            blob = json.loads(path.read_text())
+            if blob.get("fingerprint") == fingerprint and set(blob["index"]) == want:
+                return blob["index"]
+        except (ValueError, OSError, KeyError, TypeError):
+            pass
+        return None
+
+    def _build_part_index(self) -> dict:
         index = {}
         it = self.ids
         if self._progress and len(self.ids) > 200:
@@ -259,13 +284,6 @@ class PASCALContext(MultiTaskDataset):
         for sid in it:
             p = self.parts_path(sid)
             index[sid] = part_index_entry(load_mat(p, sid, "anno"), p, sid)
-        try:
-            self.cache.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "index": index}))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # read-only cache location: keep the index in memory only
         return index
 
     # per-sample derived maps (cached) -------------------------------------------------------------

@@ -190,3 +190,35 @@ def test_subset_of_tasks(synth_root, tmp_path):
     ds = PASCALContext(synth_root, "val", tasks=["sal", "semseg"], cache_dir=tmp_path)
     assert ds.tasks == ["semseg", "sal"]
     assert set(ds[0]) == {"image", "semseg", "sal", "meta"}
+
+
+def test_part_index_is_built_once_by_concurrent_openers(synth_root, tmp_path, monkeypatch):
+    """Ranks opening the dataset at the same time: one builds the part index, the others wait for its
+    file instead of reading every .mat file again (exclusive lock in the cache folder)."""
+    import threading
+    import time
+
+    import data.pascal_context as pc
+
+    calls, real = [], pc.part_index_entry
+
+    def slow_entry(anno, path, sid):
+        calls.append(sid)
+        time.sleep(0.02)  # long enough for the openers to overlap
+        return real(anno, path, sid)
+
+    monkeypatch.setattr(pc, "part_index_entry", slow_entry)
+    start = threading.Barrier(3)
+    results = []
+
+    def open_it():
+        start.wait()
+        results.append(PASCALContext(synth_root, "train", tasks=["human_parts"], cache_dir=tmp_path).part_index)
+
+    threads = [threading.Thread(target=open_it) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and results[0] == results[1] == results[2]
+    assert sorted(calls) == sorted(results[0])  # every image indexed exactly once, not three times
