@@ -48,6 +48,9 @@ def test_compiled_regions_give_the_same_outputs(kind):
     for key in ("pred", "aux"):
         for t in ta[key]:
             torch.testing.assert_close(tb[key][t], ta[key][t], rtol=1e-5, atol=1e-6)
+    from torch._dynamo.utils import counters
+
+    assert not counters["graph_break"], dict(counters["graph_break"])  # each region is one graph
     for out in (ta, tb):
         sum(v.square().mean() for key in ("pred", "aux") for v in out[key].values()).backward()
     grads = {n: p.grad for n, p in plain.named_parameters()}
