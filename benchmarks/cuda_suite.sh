@@ -5,6 +5,8 @@
 #
 #   bash benchmarks/cuda_suite.sh            # all pieces
 #   PIECES="b2 compile" bash benchmarks/cuda_suite.sh
+#   PIECES="learn-pascal learn-nyud" bash benchmarks/cuda_suite.sh   # the --long learning benchmark
+# (finished learning runs are reused, so a piece cut by its timeout continues where it stopped)
 #
 # Notes from the first H100 run: cuDNN autotuning (cudnn.benchmark) makes the fp32 reference's
 # warm-up 12-45 s per group; torch.compile of the full model (3-step DDIM graph + training graph)
@@ -33,6 +35,9 @@ for piece in $PIECES; do
     compile-model) timeout 550 $PY -m benchmarks.speed --device cuda --configs pascal_vitB --batch 2 \
           --variants ref-fp32,bf16,bf16-compile --warmup 1 --repeats 3 \
           --json "$OUT/speed_cuda_compile_model.json" > "$OUT/compile-model.log" 2>&1 ;;
+    learn-pascal|learn-nyud) timeout 580 $PY -m benchmarks.learning --long --device cuda --datasets "${piece#learn-}" \
+          --variant 'steps5:timesteps=5' --out "$OUT/learning_runs" --data_root "$OUT/learning_data" \
+          --json "$OUT/learning_${piece#learn-}.json" > "$OUT/$piece.log" 2>&1 ;;
     profile) timeout 300 $PY -m benchmarks.profile_model --config pascal_vitB --batch 8 --device cuda \
           --precision bf16 --repeats 2 --ops 30 --json "$OUT/profile_cuda_bf16_b8.json" > "$OUT/profile.log" 2>&1 ;;
     *) echo "unknown piece $piece"; continue ;;
