@@ -20,3 +20,12 @@ def close(a, b, what="", rtol=1e-5, atol_floor=0.0):
     """assert_close with an absolute tolerance relative to the reference's largest value."""
     atol = max(rtol * b.abs().max().item(), atol_floor)
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def pascal_targets(b, h, w):
+    """Random PASCAL-Context ground truths (semseg, parts, sal, edge labels; unit normals), seeded."""
+    g = torch.Generator().manual_seed(0)
+    t = {k: torch.randint(0, n, (b, 1, h, w), generator=g).float() for k, n in
+         (("semseg", 21), ("human_parts", 7), ("sal", 2), ("edge", 2))}
+    t["normals"] = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
+    return t

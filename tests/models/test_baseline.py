@@ -12,7 +12,7 @@ from easydict import EasyDict
 
 from models import build_model
 from models.baseline import BaselineHead, BaselineModel
-from tests.models.helpers import randomize_bn
+from tests.models.helpers import pascal_targets as _targets, randomize_bn
 
 
 def _cfg(model="baseline", tasks=("semseg", "human_parts", "sal", "normals", "edge"), **kw):
@@ -23,14 +23,6 @@ def _cfg(model="baseline", tasks=("semseg", "human_parts", "sal", "normals", "ed
                    TASKS=dict(NAMES=list(tasks)), TRAIN=dict(SCALE=[32, 48]), ignore_index=255)
     cfg.update(kw)
     return cfg
-
-
-def _targets(b, h, w):
-    g = torch.Generator().manual_seed(0)
-    t = {k: torch.randint(0, n, (b, 1, h, w), generator=g).float() for k, n in
-         (("semseg", 21), ("human_parts", 7), ("sal", 2), ("edge", 2))}
-    t["normals"] = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
-    return t
 
 
 def test_training_forward_shapes_and_grads():

@@ -9,6 +9,7 @@ from easydict import EasyDict
 
 from models import build_model
 from models.compile import compile_regions
+from tests.models.helpers import pascal_targets as _targets
 
 
 def _cfg(model):
@@ -18,14 +19,6 @@ def _cfg(model):
                     bit_scales={"all": 0.01}, module_layer=3, with_aux=True, db_name="PASCALContext",
                     TASKS=dict(NAMES=["semseg", "human_parts", "sal", "normals", "edge"]),
                     TRAIN=dict(SCALE=[32, 48]), ignore_index=255)
-
-
-def _targets(b, h, w):
-    g = torch.Generator().manual_seed(0)
-    t = {k: torch.randint(0, n, (b, 1, h, w), generator=g).float() for k, n in
-         (("semseg", 21), ("human_parts", 7), ("sal", 2), ("edge", 2))}
-    t["normals"] = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
-    return t
 
 
 @pytest.mark.parametrize("kind", ["TaskDiffusion", "baseline"])
