@@ -263,12 +263,14 @@ def atomic_save_npz(path: Path, **arrays) -> bool:
 
     Returns False (and stays silent) when the cache folder is not writable: caching is an optimisation.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from utils.io import atomic_write
+
+    def write(tmp):
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
         return True
     except OSError:
         return False

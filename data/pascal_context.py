@@ -24,8 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
+
+from utils.io import atomic_write
 
 from .base import MultiTaskDataset
 from .common import (
@@ -253,11 +256,9 @@ class PASCALContext(MultiTaskDataset):
             if index is not None:
                 return index
             index = self._build_part_index()
+            blob = json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "index": index})
             try:
-                self.cache.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "index": index}))
-                os.replace(tmp, path)
+                atomic_write(path, lambda tmp: Path(tmp).write_text(blob))
             except OSError:
                 pass  # read-only cache location: keep the index in memory only
         return index

@@ -13,9 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
@@ -25,6 +23,8 @@ from torch import nn
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.checkpoint import atomic_torch_save  # noqa: E402
 
 DDP_PREFIX = "module."
 # Renames from the original's names to ours (none needed: names are kept; the table exists so a
@@ -108,18 +108,6 @@ def build_reference_model(cfg) -> nn.Module:
         return build_model(cfg)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="original checkpoint ({'model': state_dict} with module. keys)")
@@ -152,7 +140,7 @@ def main(argv=None) -> int:
     except ConversionError as exc:
         print(f"error: {src}: {exc}", file=sys.stderr)
         return 1
-    _atomic_save({"model": sd, "converted_from": str(src)}, Path(args.output))
+    atomic_torch_save({"model": sd, "converted_from": str(src)}, Path(args.output))
     print(f"wrote {args.output} ({len(sd)} tensors); load with model.load_state_dict(ckpt['model'], strict=True)")
     return 0
 
