@@ -29,8 +29,9 @@ from utils.io import atomic_write
 from utils.logger import LOGGER_NAME
 from utils.seed import name_seed
 
-__all__ = ["EvalOutput", "evaluate", "eval_noise", "crop_padding", "PredictionWriter", "write_json_atomic",
-           "metric_table", "headline_metrics", "compute_delta_m", "visual_grid", "metrics_path", "to_plain"]
+__all__ = ["EvalOutput", "evaluate", "eval_noise", "predict_batch", "crop_padding", "PredictionWriter",
+           "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m", "visual_grid",
+           "metrics_path", "to_plain"]
 
 PATCH = 16
 
@@ -70,6 +71,17 @@ def eval_noise(model, images: torch.Tensor, names, seed: int):
         g.manual_seed(name_seed(seed, name))
         z[:, j] = torch.randn((r, m, h, w), generator=g)
     return z.reshape(r * b, m, h, w).to(images.device)  # layout (r b): repeats outer, as the sampler
+
+
+@torch.no_grad()
+def predict_batch(model, images: torch.Tensor, names, seed: int, amp: bool = False) -> dict:
+    """{task: B×K×H×W float32 raw outputs} for a normalised, padded batch (per-image seeded noise).
+
+    amp: bf16 autocast (callers pass utils.config.bf16_autocast(cfg, device))."""
+    noise = eval_noise(model, images, names, seed)
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bool(amp)):
+        out = model(images, noise=noise) if noise is not None else model(images)
+    return {t: v.float() for t, v in out["pred"].items()}
 
 
 def crop_padding(x: torch.Tensor, img_size) -> torch.Tensor:
@@ -175,11 +187,7 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
         for batch in loader:
             names = list(batch["meta"]["img_name"])
             batch = _to_device(batch, tasks, device)
-            images = batch["image"]
-            noise = eval_noise(base, images, names, seed)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = base(images, noise=noise) if noise is not None else base(images)
-            pred = {t: v.float() for t, v in out["pred"].items()}
+            pred = predict_batch(base, batch["image"], names, seed, amp=use_amp)
             evaluator.update(pred, batch)
             count += len(names)
             if writer is not None or (len(visuals) < n_visuals and get_rank() == 0):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from engine.evaluator import PredictionWriter, crop_padding, eval_noise, visual_grid
+from engine.evaluator import PredictionWriter, crop_padding, predict_batch, visual_grid
 from utils import visualization as vis
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "ImageFolder", "collate_images", "fit_size", "predict_batch",
@@ -91,17 +91,6 @@ def collate_images(samples) -> dict:
             "meta": {"img_name": [s["meta"]["img_name"] for s in samples],
                      "img_size": [torch.as_tensor(s["meta"]["img_size"], dtype=torch.int64) for s in samples],
                      "orig_size": [tuple(s["meta"]["orig_size"]) for s in samples]}}
-
-
-@torch.no_grad()
-def predict_batch(model, images: torch.Tensor, names, seed: int, amp: bool = False) -> dict:
-    """{task: B×K×H×W float32 raw outputs} for a normalised, padded batch (per-image seeded noise).
-
-    amp: bf16 autocast (callers pass utils.config.bf16_autocast(cfg, device))."""
-    noise = eval_noise(model, images, names, seed)
-    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bool(amp)):
-        out = model(images, noise=noise) if noise is not None else model(images)
-    return {t: v.float() for t, v in out["pred"].items()}
 
 
 def restore(x: torch.Tensor, img_size, orig_size=None) -> torch.Tensor:
