@@ -1,4 +1,6 @@
 """Helpers shared by the model tests."""
+import copy
+
 import torch
 from torch import nn
 
@@ -29,3 +31,10 @@ def pascal_targets(b, h, w):
          (("semseg", 21), ("human_parts", 7), ("sal", 2), ("edge", 2))}
     t["normals"] = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
     return t
+
+
+def fast_and_reference(model: nn.Module, train: bool) -> tuple:
+    """(model, an identical copy on the reference path), both in train or eval mode."""
+    ref = copy.deepcopy(model)
+    ref.heads.set_fast_path(False)
+    return model.train(train), ref.train(train)

@@ -12,7 +12,7 @@ from easydict import EasyDict
 
 from models import build_model
 from models.baseline import BaselineHead, BaselineModel
-from tests.models.helpers import pascal_targets as _targets, randomize_bn
+from tests.models.helpers import fast_and_reference, pascal_targets as _targets, randomize_bn
 
 
 def _cfg(model="baseline", tasks=("semseg", "human_parts", "sal", "normals", "edge"), **kw):
@@ -102,15 +102,11 @@ def test_parameter_count_paper_configs(repo_root, path, base_count, diff_count):
 def test_fast_path_equals_reference_path(train):
     """The low-resolution rewrite of the last layer + heads and the aux heads (the default) gives the
     plain upsample-then-convolve numbers: outputs, BN running stats and every parameter's gradient."""
-    import copy
-
     torch.manual_seed(0)
     fast = build_model(_cfg(final_embed_dim=12)).double()
     randomize_bn(fast, seed=1)  # non-trivial BN so the eval-mode path is exercised too
-    ref = copy.deepcopy(fast)
-    ref.heads.set_fast_path(False)
+    fast, ref = fast_and_reference(fast, train)
     assert fast.heads.fast_path and not ref.heads.fast_path
-    fast.train(train), ref.train(train)
     x = torch.randn(2, 3, 48, 32, dtype=torch.float64)
     targets = {k: v.double() for k, v in _targets(2, 48, 32).items()}
     torch.manual_seed(5)  # same drop-path draws in both forwards

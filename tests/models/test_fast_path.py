@@ -16,7 +16,7 @@ from torch import nn
 
 from models import build_model
 from models.decoder import CondConvMLP, ConvMLP, NoisyInputFusion, border_bias, conv3x3_of_upsampled
-from tests.models.helpers import close, randomize_bn
+from tests.models.helpers import close, fast_and_reference, randomize_bn
 
 
 @pytest.mark.parametrize("hw,size", [((3, 5), (12, 20)), ((4, 4), (16, 16)), ((2, 3), (7, 11)), ((1, 1), (4, 4))])
@@ -115,9 +115,7 @@ def targets(db, b, h, w):
 
 @pytest.mark.parametrize("db", ["PASCALContext", "NYUD"])
 def test_sampling_fast_equals_reference(db):
-    fast = tiny_model(db).eval()
-    ref = copy.deepcopy(fast).eval()
-    ref.heads.set_fast_path(False)
+    fast, ref = fast_and_reference(tiny_model(db), train=False)
     x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
     noise = torch.randn(2, fast.heads.noisy_channels, 2, 3, dtype=torch.float64)
     with torch.no_grad():
@@ -131,9 +129,7 @@ def test_sampling_fast_equals_reference(db):
 
 @pytest.mark.parametrize("db", ["PASCALContext", "NYUD"])
 def test_training_fast_equals_reference_with_grads_and_bn_stats(db):
-    fast = tiny_model(db).train()
-    ref = copy.deepcopy(fast).train()
-    ref.heads.set_fast_path(False)
+    fast, ref = fast_and_reference(tiny_model(db), train=True)
     x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
     tg = targets(db, 2, 32, 48)
     noise = torch.randn(2, fast.heads.noisy_channels, 2, 3, dtype=torch.float64)
