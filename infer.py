@@ -8,17 +8,36 @@ truth: the metrics JSON is written too). Writes under --output:
     <task>/<name>.png         labels as indexed PNG with the VOC palette (pixel = class id); saliency and
                               edges as 8-bit grey; normals as RGB (n+1)/2; depth as 16-bit millimetres
     depth_color/<name>.png    depth colormap (depth tasks only)
-    overview/<name>.png       input | (ground truth) | prediction per task, side by side
-    metrics.json              split inputs only: the full evaluation protocol
-Runs on CUDA when available (else CPU; --device to choose), batched (--batch_size), with a progress bar;
---seed fixes the diffusion sampling noise (per image, so results do not depend on the batch size).
+    overview/<name>.png       input | (ground truth) | prediction per task, side by side; shrunk so that its
+                              longer side is at most engine.inference.OVERVIEW_MAX_SIDE (4096) pixels
+    metrics.json              split inputs only: the full evaluation protocol (over the readable samples)
+Runs on CUDA when available (else CPU; --device cpu, cuda, cuda:N or mps to choose), batched (--batch_size),
+with a progress bar; --seed fixes the diffusion sampling noise (per image, so results do not depend on the
+batch size).
+
+The arguments, the config, the device, the output folder, the inputs and the checkpoint are checked in that
+order before any prediction, so a job that cannot finish fails in seconds. An unreadable input (a corrupt,
+truncated or non-image file; a dataset sample whose files cannot be read) does not stop the job: every
+readable one is written, and one summary line at the end names the others with the reason.
+
+Exit status:
+    0  every input predicted and written
+    2  nothing predicted: a bad argument, config, checkpoint, --input, --output or --device; one line on
+       stderr `error: <what> <which>: <reason>; <what to do>`
+    3  some inputs unreadable: every readable input is written; one `error:` line on stderr lists the others
+    1  an unexpected failure (a bug): Python's traceback
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_UNREADABLE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,84 +52,154 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from data import DatasetError
+    from engine.inference import InferenceError, one_line
+    from utils.checkpoint import CheckpointError
     from utils.cli import fail, load_cli_config
 
     cfg = load_cli_config(args)
     if cfg is None:
-        return 2
+        return EXIT_USAGE
     cfg.run_mode = "infer"
     try:
         return run(cfg, args)
-    except (ValueError, FileNotFoundError) as err:
-        return fail(err)
+    except (InferenceError, DatasetError, CheckpointError) as err:
+        fail(one_line(err))
+        return EXIT_USAGE
+
+
+def check_counts(args) -> None:
+    """--workers and --batch_size as numbers the DataLoader accepts (else a late traceback)."""
+    from engine.inference import InferenceError
+
+    if args.workers < 0:
+        raise InferenceError(f"argument --workers {args.workers}: must be 0 or more; pass --workers 0 to "
+                             f"read images in the main process")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InferenceError(f"argument --batch_size {args.batch_size}: must be 1 or more; pass a positive "
+                             f"number or leave it out for the config's valBatch")
+
+
+def build_inputs(cfg, args):
+    """(dataset, collate, evaluator or None, what one input is called); unreadable samples become markers."""
+    from data.sample_errors import CatchSampleErrors, collate_catching
+    from engine.inference import ImageFolder, collate_images, list_images
+
+    if not args.input.startswith("split:"):
+        return ImageFolder(list_images(args.input), cfg), collate_catching(collate_images), None, "images"
+    from data import build_dataset, build_transforms, collate_fn
+    from evaluation import build_evaluator
+    from utils.logger import interactive
+
+    split = args.input.split(":", 1)[1]
+    ds = build_dataset(cfg, split, transform=build_transforms(cfg, "val"))
+    evaluator = build_evaluator(cfg, full_edge=True, progress=interactive())
+    evaluator.reset()
+    return CatchSampleErrors(ds), collate_catching(collate_fn), evaluator, "samples"
+
+
+def load_model(cfg, args, device):
+    """The trained model; passes trusted= when utils.cli.load_trained_model accepts it."""
+    from utils.cli import load_trained_model
+
+    kwargs = {}
+    if "trusted" in inspect.signature(load_trained_model).parameters:
+        kwargs["trusted"] = bool(getattr(args, "trust_checkpoint", False))
+    return load_trained_model(cfg, args.trained_model, device, **kwargs)
 
 
 def run(cfg, args) -> int:
+    """Check everything that can be checked, then predict batch by batch; returns the exit status."""
+    from data.tasks import task_infos
+    from engine.inference import output_subfolders, prepare_output_dir, resolve_device
+    from utils.logger import setup_logger
+
+    setup_logger(None)
+    check_counts(args)
+    device = resolve_device(args.device)
+    infos = task_infos(cfg.db_name, cfg.TASKS.NAMES)
+    out_dir = os.path.abspath(args.output or os.path.join(cfg.output_dir, "inference"))
+    prepare_output_dir(out_dir, output_subfolders(infos))
+    ds, collate, evaluator, what = build_inputs(cfg, args)
+    model = load_model(cfg, args, device)
+    job = predict_all(cfg, args, model, device, ds, collate, evaluator, infos, out_dir)
+    if evaluator is not None:
+        write_metrics(cfg, args, evaluator, job, out_dir)
+    return report_failures(job, len(ds), what, evaluator is not None)
+
+
+def predict_all(cfg, args, model, device, ds, collate, evaluator, infos, out_dir):
+    """Run every readable batch through the model and write its outputs; returns the PredictionJob."""
     from torch.utils.data import DataLoader
 
-    from data.tasks import task_infos
-    from engine.evaluator import compute_delta_m, metric_table, to_plain, write_json_atomic
-    from engine.inference import ImageFolder, PredictionJob, collate_images, list_images, predict_batch
-    from utils.checkpoint import CheckpointError
-    from utils.cli import fail, load_trained_model, pick_device
+    from engine.inference import InferenceError, PredictionJob, predict_batch
     from utils.config import bf16_autocast
-    from utils.logger import Progress, setup_logger
+    from utils.logger import Progress, get_logger
 
-    out_dir = os.path.abspath(args.output or os.path.join(cfg.output_dir, "inference"))
-    log = setup_logger(None)
-    device = pick_device(args.device)
+    log = get_logger()
     seed = int(cfg.seed if args.seed is None else args.seed)
     bs = int(args.batch_size or cfg.valBatch)
-    infos = task_infos(cfg.db_name, cfg.TASKS.NAMES)
-    try:
-        model = load_trained_model(cfg, args.trained_model, device)
-    except CheckpointError as err:
-        return fail(err)
-
-    evaluator = None
-    if args.input.startswith("split:"):
-        from data import DatasetError, build_dataset, build_transforms, collate_fn
-
-        split = args.input.split(":", 1)[1]
-        try:
-            ds = build_dataset(cfg, split, transform=build_transforms(cfg, "val"))
-        except DatasetError as err:
-            return fail(err)
-        collate = collate_fn
-        from evaluation import build_evaluator
-
-        from utils.logger import interactive
-
-        evaluator = build_evaluator(cfg, full_edge=True, progress=interactive())
-        evaluator.reset()
-    else:
-        ds = ImageFolder(list_images(args.input), cfg)
-        collate = collate_images
     loader = DataLoader(ds, batch_size=bs, shuffle=False, num_workers=args.workers, collate_fn=collate)
-    job = PredictionJob(infos, out_dir, evaluator)
+    job = PredictionJob(infos, out_dir, evaluator, dataset=ds)
     log.info(f"predicting {len(ds)} image(s) from {args.input} on {device} (batch {bs}, seed {seed}) -> {out_dir}")
     t0 = time.perf_counter()
     progress = Progress(len(ds), desc="infer", every=max(1, len(ds) // 10))
     try:
         for batch in loader:
-            images = batch["image"].to(device)
-            pred = predict_batch(model, images, batch["meta"]["img_name"], seed, amp=bf16_autocast(cfg, device))
-            job.process(batch, pred)
-            progress.update(len(batch["meta"]["img_name"]))
+            failed = job.take_failures(batch)
+            for name, reason in failed:
+                log.warning(f"skipped {name}: cannot be read ({reason})")
+            names = batch["meta"]["img_name"] if "image" in batch else []
+            if names:
+                pred = predict_batch(model, batch["image"].to(device), names, seed, amp=bf16_autocast(cfg, device))
+                try:
+                    job.process(batch, pred)
+                except OSError as err:
+                    raise InferenceError(f"output folder {out_dir}: writing the predictions failed "
+                                         f"({err.strerror or err}); free disk space or pass another --output") from None
+            progress.update(len(names) + len(failed))
     finally:
         progress.close()
     log.info(f"wrote predictions of {job.count} image(s) in {time.perf_counter() - t0:.1f}s: "
              f"{', '.join(os.path.join(out_dir, t) for t in infos)}, overviews in {os.path.join(out_dir, 'overview')}")
-    if evaluator is not None:
-        evaluator.synchronize()
-        results = to_plain(evaluator.compute())
-        dm = compute_delta_m(results, cfg.get("delta_m_reference"), cfg)
-        path = write_json_atomic(os.path.join(out_dir, "metrics.json"),
-                                 {"checkpoint": os.path.abspath(args.trained_model), "input": args.input,
-                                  "seed": seed, "num_images": job.count, "protocol": "full",
-                                  "results": results, "delta_m": dm})
-        log.info("\n" + metric_table(results, cfg, dm) + f"\nmetrics: {path}")
-    return 0
+    return job
+
+
+def write_metrics(cfg, args, evaluator, job, out_dir) -> None:
+    """metrics.json over the readable samples (the unreadable ones are listed in it); none without any."""
+    from engine.evaluator import compute_delta_m, metric_table, to_plain, write_json_atomic
+    from utils.logger import get_logger
+
+    log = get_logger()
+    if job.count == 0:
+        log.warning("no sample could be read: metrics.json is not written")
+        return
+    evaluator.synchronize()
+    results = to_plain(evaluator.compute())
+    dm = compute_delta_m(results, cfg.get("delta_m_reference"), cfg)
+    seed = int(cfg.seed if args.seed is None else args.seed)
+    payload = {"checkpoint": os.path.abspath(args.trained_model), "input": args.input, "seed": seed,
+               "num_images": job.count, "protocol": "full", "results": results, "delta_m": dm}
+    if job.failed:
+        payload["unreadable"] = [{"name": n, "reason": r} for n, r in job.failed]
+    path = write_json_atomic(os.path.join(out_dir, "metrics.json"), payload)
+    log.info("\n" + metric_table(results, cfg, dm) + f"\nmetrics: {path}")
+
+
+def report_failures(job, total: int, what: str, split: bool) -> int:
+    """The one summary line for unreadable inputs; EXIT_UNREADABLE if any, else EXIT_OK."""
+    from engine.inference import failure_summary
+    from utils.cli import fail
+
+    if not job.failed:
+        return EXIT_OK
+    if split:
+        advice = ("fix or regenerate those dataset files and run again; metrics.json covers the "
+                  f"{job.count} readable sample(s) only")
+    else:
+        advice = f"the other {job.count} image(s) are written; fix or remove those files and run again for them"
+    fail(failure_summary(job.failed, total, what, advice))
+    return EXIT_UNREADABLE
 
 
 if __name__ == "__main__":

@@ -5,9 +5,15 @@
 
 Why it is shaped like this: the original created the process group at import time and could only run
 under a distributed launcher. Here importing this module does nothing; ``main()`` runs the steps in
-order and every user-facing failure (bad config, missing dataset) becomes a one-paragraph message and
-exit status 2 instead of a traceback. The training/evaluation itself is ``run(cfg, args, datasets)``,
-the single place the engine plugs into.
+order and every user-facing failure (bad config, missing dataset, unwritable or foreign output folder,
+batch larger than the split, bad --device) becomes one `error: ...` line and exit status 2 instead of a
+traceback (``--debug`` shows the traceback too). All these checks run before any file is written: the
+run's config.yml is saved by the engine only once the model is built and its checkpoint loaded.
+The training/evaluation itself is ``run(cfg, args, datasets)``, the single place the engine plugs into.
+
+Exit statuses: 0 done; 1 a bug or a non-finite loss; 2 a user error (message says what to do);
+128 + signal number when training was stopped by SIGINT (130), SIGTERM (143) or SIGUSR1 (138) after
+saving its state (run the same command to resume).
 """
 from __future__ import annotations
 
@@ -48,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--opts max_iter=100 optimizer_kwargs.lr=1e-4 task_dictionary.include_edge=false")
     p.add_argument("--seed", type=int, default=None, help="override the config seed")
     p.add_argument("--eval_workers", type=int, default=None, help="DataLoader workers for evaluation")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when a GPU is "
+                                                  "visible, else cpu)")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow checkpoints that need a full unpickle (e.g. the original's .pth.tar): opening "
+                        "them can run code, so only for files from a source you trust")
+    p.add_argument("--debug", action="store_true", help="print tracebacks for user errors too")
     return p
 
 
@@ -85,21 +97,43 @@ def check_args(cfg, args) -> None:
             f"--opts backbone_weights=null.")
 
 
+def _env_rank(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
 def is_main_rank() -> bool:
     """Rank 0 writes files. Read from the launcher's environment: no process group exists yet."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return _env_rank("RANK") == 0
 
 
-def prepare_output(cfg) -> str:
-    """Create the run folder and save the resolved config there (rank 0 only)."""
-    from utils.config import save_config
+def reports_errors() -> bool:
+    """Whether this process prints a pre-run error: every rank hits the same one, so only the first
+    process of each node does (once on one node; on several nodes, also a node whose files differ)."""
+    return _env_rank("LOCAL_RANK") == 0
 
-    # infer mode must not overwrite the training run's config.yml in the same folder
-    path = os.path.join(cfg.output_dir, "config.yml" if cfg.run_mode != "infer" else "config_infer.yml")
-    if is_main_rank():
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        save_config(cfg, path)
-    return path
+
+def check_output(cfg, args) -> None:
+    """The output folder: writable, and (training) not another experiment's run folder. In infer mode the
+    outputs go to their own folder inside it (engine.run_folder.infer_folder)."""
+    from engine.run_folder import check_run_folder, check_writable_folder, infer_folder
+
+    if cfg.run_mode == "infer":
+        cfg.output_dir = infer_folder(cfg.output_dir, args.trained_model)
+        check_writable_folder(cfg.output_dir)
+    else:
+        check_run_folder(cfg)
+
+
+def check_device(args) -> None:
+    from utils.devices import DeviceError, parse_device
+
+    try:
+        parse_device(args.device)
+    except DeviceError as err:
+        raise UserError(str(err)) from None
 
 
 def _dataset_errors() -> tuple:
@@ -131,7 +165,19 @@ def open_datasets(cfg) -> dict:
         if len(ds) == 0:
             raise UserError(f"the {cfg.db_name} {split} split under {cfg.db_root} is empty.")
         out[split] = ds
+    if "train" in out:
+        check_batch_fits(cfg, len(out["train"]))
     return out
+
+
+def check_batch_fits(cfg, n_train: int) -> None:
+    """trBatch images per process must fit in the training split (drop_last: else no batch at all)."""
+    world = max(_env_rank("WORLD_SIZE"), 1)
+    per_rank = n_train // world
+    if per_rank < int(cfg.trBatch):
+        raise UserError(f"config key 'trBatch' = {cfg.trBatch}: the {cfg.db_name} train split has {n_train} "
+                        f"image(s), {per_rank} per process for {world} process(es), fewer than one batch; "
+                        f"lower it with --opts trBatch={max(per_rank, 1)}, use fewer processes, or add data.")
 
 
 def print_summary(cfg, datasets: dict) -> None:
@@ -157,23 +203,38 @@ def run(cfg, args, datasets: dict) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from engine.run_folder import RunFolderError
     from utils.config import ConfigError
 
     try:
         cfg = load(args)
+        check_device(args)
         check_args(cfg, args)
-        cfg_path = prepare_output(cfg)
+        check_output(cfg, args)
         if is_main_rank():
-            print(f"[main] config {args.config_exp} is valid; resolved copy saved to {cfg_path}")
+            print(f"[main] config {args.config_exp} is valid")
         datasets = open_datasets(cfg)
         print_summary(cfg, datasets)
-    except (ConfigError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ConfigError, UserError, RunFolderError) as err:
+        return _report(err, EXIT_USAGE, args.debug)
     except IncompleteInstallError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _report(err, 1, args.debug)
+    except KeyboardInterrupt:
+        if reports_errors():
+            print("interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr)
+        return 130
     return run(cfg, args, datasets)
+
+
+def _report(err: Exception, status: int, debug: bool) -> int:
+    """One `error:` line (the first process of each node only); the traceback too with --debug."""
+    if reports_errors():
+        if debug:
+            import traceback
+
+            traceback.print_exception(err)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .common import DatasetError
 
 __all__ = ["DatasetError", "build_dataset", "build_transforms", "build_dataloader", "collate_fn",
-           "worker_init_fn", "split_seed"]
+           "worker_init_fn", "ignore_stop_signals", "split_seed"]
 
 TRAIN_SPLITS = ("train",)
 
@@ -162,8 +162,24 @@ def collate_fn(samples):
     return batch
 
 
+def ignore_stop_signals() -> None:
+    """In a DataLoader worker: ignore Ctrl-C (SIGINT), SIGTERM and SIGUSR1.
+
+    Why: a terminal's Ctrl-C and a cluster's pre-emption signal reach every process of the job, workers
+    included. The main process finishes its step, saves and then shuts the workers down itself; a worker
+    that died on the signal first would make that last step fail with "DataLoader worker exited
+    unexpectedly". Workers still exit when the main process dies (the DataLoader's parent watchdog)."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def worker_init_fn(worker_id: int) -> None:
-    """Seed a DataLoader worker from torch's per-worker seed (base seed from the loader's generator + id).
+    """Seed a DataLoader worker from torch's per-worker seed (base seed from the loader's generator + id),
+    and leave stop signals to the main process (`ignore_stop_signals`).
 
     The loader's generator is seeded from (cfg.seed, rank), so every worker of every rank gets its own
     reproducible stream: Python `random` (the transforms), numpy and the dataset's pipeline.
@@ -172,6 +188,8 @@ def worker_init_fn(worker_id: int) -> None:
 
     import numpy as np
     import torch
+
+    ignore_stop_signals()
 
     seed = torch.initial_seed() % (2**63)
     random.seed(seed)
@@ -201,7 +219,7 @@ class ShardSampler:
 
 
 def build_dataloader(cfg, split: str, distributed: bool = False, shuffle=None, batch_size=None, drop_last=None,
-                     dataset=None, rank=None, world_size=None, num_workers=None):
+                     dataset=None, rank=None, world_size=None, num_workers=None, catch_errors: bool = False):
     """A DataLoader over build_dataset(cfg, split) (or `dataset`).
 
     train: shuffle and drop_last, batch cfg.trBatch; val: in order, batch cfg.valBatch. A
@@ -210,6 +228,8 @@ def build_dataloader(cfg, split: str, distributed: bool = False, shuffle=None, b
     (persistent when > 0); pin_memory only with CUDA. Seeding: the loader generator and the main-process
     pipeline are seeded from (cfg.seed, rank), workers via `worker_init_fn`; call
     `loader.sampler.set_epoch(e)` each epoch when distributed.
+    catch_errors: unreadable samples do not raise; they are listed under batch['data_errors'] (see
+    data/sample_errors.py), the same with or without workers.
     """
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
@@ -246,13 +266,18 @@ def build_dataloader(cfg, split: str, distributed: bool = False, shuffle=None, b
             f"split {split!r} has {n} sample(s) for this process but the batch size is {batch_size} with "
             f"drop_last: no batch would be produced; lower the batch size (trBatch/valBatch) or add data"
         )
+    collate = collate_fn
+    if catch_errors:
+        from .sample_errors import CatchSampleErrors, collate_catching
+
+        dataset, collate = CatchSampleErrors(dataset), collate_catching(collate_fn)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_fn,
+        collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=workers > 0,

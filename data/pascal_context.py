@@ -11,7 +11,10 @@ Caching (why: the original re-read and re-thinned the .mat on every sample, spec
 cache folder OUTSIDE the dataset (`cache_dir` > $TASKDIFFUSION_CACHE > ~/.cache/taskdiffusion; the
 dataset may be read-only) in `<cache>/PASCALContext-<hash of the dataset path>/`:
   parts_index_<split>.json   image id → object class list (the part index); rebuilt when the split's ids
-                             or the .mat files' sizes/mtimes change.
+                             or the .mat files' sizes/mtimes change. Not needed when the dataset ships
+                             the index: ImageSets/Parts/<split>.txt (JSON {id: [class_ind or −1, ...]},
+                             written by the original code) is used when it covers the split's ids and
+                             is not older than any of their human_parts .mat files.
   labelmap/<id>.npz          edge map and normals-valid mask (bit-packed), computed on first use.
   parts/<id>.npz             the 6-group human-part map of images that have parts, on first use.
 In memory, only the last sample's LabelMap products are kept (edge and normals both need them).
@@ -165,6 +168,28 @@ def human_parts_from_anno(anno, path, sid) -> np.ndarray | None:
     return target
 
 
+def parse_part_index(text: str, ids) -> dict | None:
+    """{id: [class or −1, ...]} for `ids` (in that order) from the JSON text of a part index file, or
+    None when the text is no such object or lacks one of the ids.
+
+    Why strict: a wrong index silently drops or invents human-part labels, so anything but a JSON
+    object of integer lists sends the reader back to scanning the .mat files.
+    """
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    out = {}
+    for sid in ids:
+        classes = raw.get(sid)
+        if not isinstance(classes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            return None
+        out[sid] = [int(c) for c in classes]
+    return out
+
+
 class PASCALContext(MultiTaskDataset):
     """One split of PASCAL-Context with any of semseg, human_parts, sal, normals, edge.
 
@@ -234,17 +259,17 @@ class PASCALContext(MultiTaskDataset):
             h.update(f"{sid}:{file_stamp(self.parts_path(sid))};".encode())
         return h.hexdigest()
 
+    def shipped_part_index_path(self) -> Path:
+        """Where the tarball keeps the original code's part index of this split (may be absent)."""
+        return self.root / "ImageSets" / "Parts" / f"{self.split}.txt"
+
     def _load_part_index(self) -> dict:
-        """image id → object classes; read from the cache folder, else built once (one .mat read per image)."""
+        """image id → object classes: the dataset's shipped index when usable, else the cache folder's,
+        else built once (one .mat read per image)."""
+        shipped = self._read_shipped_part_index()
+        if shipped is not None:
+            return shipped
         want = set(self.ids)
-        shipped = self.root / "ImageSets" / "Parts" / f"{self.split}.txt"  # the original's in-dataset cache
-        if shipped.is_file():
-            try:
-                index = json.loads(shipped.read_text())
-                if set(index) == want:
-                    return {k: [int(c) for c in v] for k, v in index.items()}
-            except (ValueError, OSError, TypeError):
-                pass
         fingerprint = self._parts_fingerprint()
         path = self.cache / f"parts_index_{self.split}.json"
         index = self._read_part_cache(path, fingerprint, want)
@@ -261,6 +286,25 @@ class PASCALContext(MultiTaskDataset):
                 atomic_write(path, lambda tmp: Path(tmp).write_text(blob))
             except OSError:
                 pass  # read-only cache location: keep the index in memory only
+        return index
+
+    def _read_shipped_part_index(self) -> dict | None:
+        """The split's entries of `ImageSets/Parts/<split>.txt`, in split order, or None when unusable.
+
+        Why: the tarball ships the index the original code built, and reading it spares opening every
+        human_parts .mat file (minutes on the real train split). It is ignored, and the index is scanned
+        instead, when it is missing, malformed, lacks an id of the split, or is older than one of the
+        split's .mat files (then it may describe other annotations than those on disk). Extra ids are
+        fine (e.g. a shortened split file): only the split's entries are kept.
+        """
+        path = self.shipped_part_index_path()
+        try:
+            written = os.stat(path).st_mtime_ns
+            index = parse_part_index(path.read_text(), self.ids)
+            if index is None or any(file_stamp(self.parts_path(sid))[1] > written for sid in self.ids):
+                return None
+        except (OSError, ValueError):
+            return None
         return index
 
     @staticmethod

@@ -26,7 +26,9 @@ Usage:
     python -m data.synthetic --dataset pascal --out DB_ROOT --train 80 --val 20 --seed 0 [--size H W]
 writes DB_ROOT/PASCALContext/ (or DB_ROOT/NYUDv2/) plus a SYNTHETIC.json marker with the parameters,
 so a second run with the same parameters does nothing. `render_scene(dataset, seed, idx, size)` returns
-the ground truth arrays of one image, which the tests compare with what the readers decode.
+the ground truth arrays of one image, which the tests compare with what the readers decode. Like the
+real tarball, the PASCAL set also holds the part index `ImageSets/Parts/{train,val}.txt` (see
+`part_index_text`), written after the human_parts .mat files it describes.
 """
 from __future__ import annotations
 
@@ -605,6 +607,30 @@ def _write_pascal(root: Path, sid: str, s: dict, palette):
     Image.fromarray(s["sal_png"]).save(root / "sal_distill" / f"{sid}.png")
 
 
+def part_index_classes(records) -> list:
+    """One image's part-index entry: each object's class index, or -1 when its mask is empty.
+
+    Why here and not via the reader: the generator knows the objects it wrote into the .mat file, so the
+    shipped index is an independent statement the reader's own scan can be checked against.
+    """
+    from .pascal_context import PART_AREA_THRES
+
+    return [int(r["class_ind"]) if int(np.asarray(r["mask"]).sum()) > PART_AREA_THRES else -1 for r in records]
+
+
+def part_index_text(entries: dict) -> str:
+    """`ImageSets/Parts/<split>.txt` as the original code writes it: a JSON object, one
+    `"<id>": [class, ...]` per line in split order (tab-indented), so that the bytes are reproducible."""
+    lines = [f"\t{json.dumps(str(sid))}: {json.dumps([int(c) for c in cls])}" for sid, cls in entries.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _write_part_index(root: Path, entries_by_split: dict) -> None:
+    """Write the part index of every split (after all .mat files, so it is never older than them)."""
+    for split, entries in entries_by_split.items():
+        (root / "ImageSets" / "Parts" / f"{split}.txt").write_text(part_index_text(entries))
+
+
 def _write_nyud(root: Path, sid: str, s: dict, palette=None):
     from PIL import Image
 
@@ -616,8 +642,8 @@ def _write_nyud(root: Path, sid: str, s: dict, palette=None):
 
 
 FOLDERS = {
-    "pascal": ("ImageSets/Context", "JPEGImages", "semseg/VOC12", "semseg/pascal-context", "pascal-context/trainval",
-               "human_parts", "normals_distill", "sal_distill"),
+    "pascal": ("ImageSets/Context", "ImageSets/Parts", "JPEGImages", "semseg/VOC12", "semseg/pascal-context",
+               "pascal-context/trainval", "human_parts", "normals_distill", "sal_distill"),
     "nyud": ("gt_sets", "images", "segmentation", "depth", "normals", "edge"),
 }
 SPLIT_DIR = {"pascal": "ImageSets/Context", "nyud": "gt_sets"}
@@ -668,6 +694,7 @@ def generate(dataset: str, out, n_train: int, n_val: int, seed: int = 0, size=No
     writer = _write_pascal if dataset == "pascal" else _write_nyud
     palette = _voc_palette()
     ids = {"train": [], "val": []}
+    part_index = {"train": {}, "val": {}}
     indices = range(n_train + n_val)
     if progress:
         from tqdm import tqdm
@@ -676,9 +703,14 @@ def generate(dataset: str, out, n_train: int, n_val: int, seed: int = 0, size=No
     for idx in indices:
         scene = render_scene(dataset, seed, idx, size)
         writer(tmp, scene["id"], scene, palette)
-        ids["train" if idx < n_train else "val"].append(scene["id"])
+        split = "train" if idx < n_train else "val"
+        ids[split].append(scene["id"])
+        if dataset == "pascal":
+            part_index[split][scene["id"]] = part_index_classes(scene["objects"])
     for split, lst in ids.items():
         (tmp / SPLIT_DIR[dataset] / f"{split}.txt").write_text("\n".join(lst) + "\n")
+    if dataset == "pascal":
+        _write_part_index(tmp, part_index)
     (tmp / MARKER).write_text(json.dumps(params, indent=1))
     os.replace(tmp, root)  # the folder appears complete or not at all
     return root

@@ -23,7 +23,8 @@ import torch
 
 from utils import visualization as vis
 from utils.checkpoint import unwrap_model
-from utils.distributed import all_reduce_sum, get_rank, is_main_process
+from data.sample_errors import ERRORS_KEY, SampleReadError, describe_failures
+from utils.distributed import all_gather_object, all_reduce_sum, get_rank, is_main_process
 from utils.config import bf16_autocast
 from utils.io import atomic_write
 from utils.logger import LOGGER_NAME
@@ -41,6 +42,7 @@ class EvalOutput:
     results: dict  # {task: {metric: value}}
     num_images: int
     visuals: list = field(default_factory=list)  # rank 0: [(name, grid RGB uint8)]
+    skipped: list = field(default_factory=list)  # every rank's unreadable samples (data_errors: skip)
 
 
 def _get(cfg, key, default=None):
@@ -183,8 +185,17 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
             from tqdm import tqdm
 
             bar = tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True)
+    policy = str(_get(cfg, "data_errors", "abort"))
+    failed = []  # FailedSample records of this rank (loaders built with catch_errors=True)
     try:
         for batch in loader:
+            if bar is not None:
+                bar.update(1)
+            failed.extend(batch.pop(ERRORS_KEY, None) or [])
+            if failed and policy == "abort":
+                break  # the other ranks finish their shards; all learn of it in _gather_failures
+            if "image" not in batch:
+                continue
             names = list(batch["meta"]["img_name"])
             batch = _to_device(batch, tasks, device)
             pred = predict_batch(base, batch["image"], names, seed, amp=use_amp)
@@ -192,16 +203,28 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
             count += len(names)
             if writer is not None or (len(visuals) < n_visuals and get_rank() == 0):
                 _per_image(infos, names, batch, pred, writer, visuals, n_visuals)
-            if bar is not None:
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
         base.train(was_training)
+    failed = _gather_failures(failed)
+    if failed and policy == "abort":
+        raise SampleReadError(f"{failed[0].message} (evaluation sample {failed[0].index}"
+                              + (f"; {len(failed) - 1} more unreadable" if len(failed) > 1 else "")
+                              + "); fix or remove the file, or set data_errors: skip to leave unreadable "
+                                "samples out of the metrics")
+    if failed and is_main_process():
+        logging.getLogger(LOGGER_NAME).warning(f"{desc}: left out {describe_failures(failed)} (data_errors: skip)")
     evaluator.synchronize()
     results = evaluator.compute()
     n = all_reduce_sum(torch.tensor([count], dtype=torch.int64)).item()
-    return EvalOutput(results=to_plain(results), num_images=int(n), visuals=visuals)
+    return EvalOutput(results=to_plain(results), num_images=int(n), visuals=visuals, skipped=failed)
+
+
+def _gather_failures(failed: list) -> list:
+    """Every rank's unreadable samples, sorted by dataset index (a collective: all ranks call it)."""
+    merged = [f for part in all_gather_object(list(failed)) for f in part]
+    return sorted(merged, key=lambda f: f.index)
 
 
 def _per_image(infos, names, batch, pred, writer, visuals, n_visuals) -> None:

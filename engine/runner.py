@@ -12,6 +12,12 @@ logger (console + <output_dir>/log.txt on rank 0), seeds, cuDNN autotuning on CU
 Both end with a per-task metric table and the paths of the log, checkpoints, metrics and predictions.
 Shutdown is ordered: drop the DDP wrapper, barrier, destroy the process group (gloo workers otherwise
 abort intermittently at exit).
+
+The run's config.yml is written only after the model is built and its checkpoint loaded, so a command
+that fails its checks leaves an existing run folder's config.yml untouched. Errors a user can fix
+(unreadable sample, checkpoint that does not fit) end in one `error:` line on the console and in
+log.txt, printed by rank 0 once, with exit status 2; a stop signal ends with the stop line and status
+128 + signal (engine/stop.py); a second Ctrl-C exits at once (130) with the resume hint.
 """
 from __future__ import annotations
 
@@ -24,6 +30,10 @@ import torch
 
 from engine.evaluator import compute_delta_m, evaluate, headline_metrics, metric_table, write_json_atomic
 from utils import checkpoint as ckpt_lib
+from data.sample_errors import SampleReadError
+from engine.stop import TrainingStopped
+from utils.config import save_config
+from utils.devices import parse_device
 from utils.distributed import cleanup_distributed, init_distributed, is_main_process
 from utils.logger import close_logger, setup_logger
 from utils.seed import rank_seed, seed_everything
@@ -36,10 +46,16 @@ def _get(cfg, key, default=None):
     return default if val is None else val
 
 
+EXIT_USER = 2
+EXIT_BUG_OR_NONFINITE = 1
+EXIT_INTERRUPTED = 130
+
+
 def run_experiment(cfg, args, datasets: dict) -> int:
     from engine.trainer import NonFiniteLossError
 
-    info = init_distributed()
+    info = init_distributed(device=_forced_device(getattr(args, "device", None)),
+                            timeout_minutes=float(_get(cfg, "dist_timeout_minutes", 30.0)))
     log = setup_logger(cfg.output_dir, info.rank)
     seed_everything(rank_seed(int(_get(cfg, "seed", 0)), info.rank))
     if info.device.type == "cuda":
@@ -51,22 +67,75 @@ def run_experiment(cfg, args, datasets: dict) -> int:
                  f"output folder {cfg.output_dir}")
     status = 0
     clean = True
+    debug = bool(getattr(args, "debug", False))
     try:
         if cfg.run_mode == "train":
             _train(cfg, args, datasets, info, log)
         else:
             _infer(cfg, args, datasets, info, log)
-    except (NonFiniteLossError, ckpt_lib.CheckpointError) as err:  # raised on every rank alike
-        log.error(f"error: {err}")
-        status = 1
+    except TrainingStopped as stop:  # every rank agreed on the stop iteration and saved
+        if is_main_process():
+            log.warning(str(stop) + f" (exit status {stop.status})")
+        status = stop.status
+    except (SampleReadError, ckpt_lib.CheckpointError) as err:  # raised on every rank alike
+        _log_error(log, err, debug)
+        status = EXIT_USER
+    except NonFiniteLossError as err:
+        _log_error(log, err, debug)
+        status = EXIT_BUG_OR_NONFINITE
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        clean = False
+        last = ckpt_lib.last_checkpoint(cfg.output_dir)
+        if is_main_process():
+            log.warning("interrupted (Ctrl-C): exited at once"
+                        + (f"; {last} holds the last saved state: run the same command to resume" if last else ""))
+        status = EXIT_INTERRUPTED
     except BaseException:
         clean = False  # other ranks may be inside a collective: no barrier, let the launcher tear down
         raise
     finally:
         if clean:
             cleanup_distributed()
+        else:
+            _drop_process_group()
         close_logger()
     return status
+
+
+def _log_error(log, err: Exception, debug: bool) -> None:
+    """The one-line `error:` report (console and log.txt), from rank 0 only: the ranks raised it alike."""
+    if is_main_process():
+        if debug:
+            log.exception(f"error: {err}")
+        else:
+            log.error(f"error: {' '.join(str(err).split())}")
+
+
+def _drop_process_group() -> None:
+    """Destroy the process group without a barrier (another rank may never reach one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort while exiting
+            pass
+
+
+def _forced_device(name):
+    """--device for init_distributed: 'cpu' or 'cuda:N' force it; 'cuda' / None let each rank take
+    cuda:LOCAL_RANK (or the CPU without a GPU)."""
+    dev = parse_device(name)
+    if dev is None or (dev.type == "cuda" and dev.index is None):
+        return None
+    return dev
+
+
+def write_run_config(cfg, log) -> None:
+    """config.yml of the run folder (rank 0), once every check has passed and the model is built."""
+    if is_main_process():
+        path = save_config(cfg, os.path.join(cfg.output_dir, "config.yml"))
+        log.info(f"resolved config saved to {path}")
 
 
 def _limit_cpu_threads(cfg, info, log) -> None:
@@ -103,15 +172,16 @@ def _train(cfg, args, datasets, info, log) -> None:
     if is_main_process():
         log.info(f"model {cfg.model}/{cfg.backbone}: {n_params / 1e6:.2f} M parameters")
     trainer = Trainer(cfg, model, criterion, datasets["train"], datasets.get("val"), info.device,
-                      output_dir=cfg.output_dir, init_weights=args.trained_model)
+                      output_dir=cfg.output_dir, init_weights=args.trained_model,
+                      trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)))
+    write_run_config(cfg, log)
     try:
         if trainer.iteration >= trainer.max_iter:
-            payload = _final_payload(cfg, trainer.max_iter)
+            payload = trainer.train()  # runs the final evaluation if it never completed
+            payload = payload or _final_payload(cfg, trainer.max_iter)
             if is_main_process():
                 log.info(f"training is already complete ({trainer.iteration}/{trainer.max_iter} iterations in "
                          f"{trainer.resumed_from}); delete the run folder or raise max_iter to train more")
-            if payload is None:
-                payload = trainer.validate(final=True)
         else:
             t0 = time.perf_counter()
             payload = trainer.train()
@@ -138,13 +208,15 @@ def _infer(cfg, args, datasets, info, log) -> None:
     from data import build_dataloader
 
     model, _ = _build(cfg)
-    ck = ckpt_lib.load_model_weights(model, args.trained_model)
+    ck = ckpt_lib.load_model_weights(model, args.trained_model,
+                                     trusted=bool(getattr(args, "trust_checkpoint", False)))
     model = model.to(info.device)
+    write_run_config(cfg, log)
     iteration = int(ck.get("iteration", 0) or 0) if isinstance(ck, dict) else 0
     workers = _get(cfg, "eval_workers", None)
     workers = int(_get(cfg, "nworkers", 0) if workers is None else workers)
     loader = build_dataloader(cfg, "val", distributed=info.is_distributed, dataset=datasets["val"],
-                              num_workers=workers)
+                              num_workers=workers, catch_errors=True)
     pred_dir = os.path.join(cfg.output_dir, "predictions")
     t0 = time.perf_counter()
     res = evaluate(model, loader, cfg, info.device, full_edge=True, seed=int(_get(cfg, "seed", 0)),

@@ -12,6 +12,11 @@ things make that hold here:
 * each sample's augmentation is seeded from (seed, rank, epoch, position in the rank's epoch list)
   instead of a worker's running random stream, so it does not depend on which worker loads it, on the
   number of workers, or on where the run was restarted.
+
+Unreadable samples (a corrupt image or label file) reach the stream as records, not as worker
+tracebacks (data/sample_errors.py): with `data_errors='abort'` the stream raises `SampleReadError` with
+the reader's one-line message in the main process; with 'skip' the batch goes on without them (a batch
+left empty is replaced by the next one) and `skipped` lists them for the end-of-run summary.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.sample_errors import ERRORS_KEY, SampleReadError, collate_catching, read_or_fail
 from utils.seed import SAMPLE_STREAM, mix_seed
 
 __all__ = ["SeededDataset", "EpochSampler", "TrainStream", "epoch_order"]
@@ -41,7 +47,7 @@ class SeededDataset(Dataset):
         np.random.seed(seed % (2**32))
         if hasattr(self.dataset, "reseed"):
             self.dataset.reseed(seed)
-        return self.dataset[index]
+        return read_or_fail(self.dataset, index)
 
 
 def epoch_order(length: int, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True) -> list:
@@ -89,7 +95,7 @@ class TrainStream:
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, start_micro: int = 0, pin_memory: bool = False, collate_fn=None,
-                 worker_init_fn=None):
+                 worker_init_fn=None, data_errors: str = "abort"):
         if collate_fn is None:
             from data import collate_fn
         if worker_init_fn is None:
@@ -105,8 +111,13 @@ class TrainStream:
                 f"fewer processes, or add data")
         g = torch.Generator()
         g.manual_seed(mix_seed(seed, SAMPLE_STREAM, rank, -1))  # worker base seeds (unused by the pipeline)
+        if data_errors not in ("abort", "skip"):
+            raise ValueError(f"data_errors must be 'abort' or 'skip', got {data_errors!r}")
+        self.data_errors = data_errors
+        self.skipped: list = []  # FailedSample records left out under data_errors='skip'
         self.loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
+                                 num_workers=num_workers, collate_fn=collate_catching(collate_fn),
+                                 pin_memory=pin_memory,
                                  drop_last=True, persistent_workers=num_workers > 0,
                                  worker_init_fn=worker_init_fn, generator=g)
         self.micro = int(start_micro)
@@ -132,6 +143,14 @@ class TrainStream:
         except StopIteration:
             self._it = None
             return next(self)
+        failed = batch.pop(ERRORS_KEY, None)
+        if failed:
+            if self.data_errors == "abort":
+                raise SampleReadError(f"{failed[0].message} (training sample {failed[0].index})")
+            self.skipped.extend(failed)
+            if "image" not in batch:  # every sample of the batch failed: take the next one in its place
+                self.micro += 1
+                return next(self)
         self.micro += 1
         return batch
 
@@ -142,6 +161,13 @@ class TrainStream:
             self._it = None
 
     def close(self) -> None:
-        self._it = None
-        # persistent workers stop when the loader is garbage-collected
-        self.loader = None
+        """Stop the worker processes now (not at garbage collection): no worker outlives the run."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        loader, self.loader = self.loader, None
+        it = getattr(loader, "_iterator", None)  # persistent workers live in the loader's own iterator
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

@@ -24,12 +24,16 @@ import math
 import os
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from engine.evaluator import (compute_delta_m, evaluate, headline_metrics, metric_table, metrics_path,
                               write_json_atomic)
+from data.sample_errors import SampleReadError, describe_failures
+from engine.stop import EvaluationInterrupted, StopSignals, TrainingStopped, signal_name
+from engine.run_folder import describe_experiment
 from engine.train_data import TrainStream
 from utils import checkpoint as ckpt_lib
 from utils.distributed import (all_gather_object, all_reduce_sum, barrier, broadcast_object, get_rank,
@@ -83,11 +87,12 @@ class Trainer:
     model: the bare model (moved/wrapped here). train_set / val_set: datasets (val may be None: no eval).
     output_dir: the run folder; checkpoints/, tb/, metrics/, predictions/ are created inside.
     init_weights: checkpoint whose weights initialise a fresh run (ignored when last.pth exists: resume wins).
+    trust_checkpoint: allow checkpoints that need a full unpickle (can run code; only for trusted files).
     """
 
     def __init__(self, cfg, model: nn.Module, criterion: nn.Module, train_set, val_set, device: torch.device,
                  output_dir: str | None = None, init_weights: str | None = None, resume: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, trust_checkpoint: bool = False):
         self.cfg = cfg
         self.log = get_logger()
         self.device = device
@@ -98,6 +103,10 @@ class Trainer:
         self.max_iter = int(cfg.max_iter)
         self.val_interval = int(_get(cfg, "val_interval", self.max_iter))
         self.ckpt_interval = _get(cfg, "ckpt_interval", None)
+        self.keep_checkpoints = _get(cfg, "keep_checkpoints", None)
+        self.data_errors = str(_get(cfg, "data_errors", "abort"))
+        self.trust_checkpoint = bool(trust_checkpoint)
+        self.skipped = []  # unreadable training samples left out (data_errors: skip)
         self.accum = int(_get(cfg, "grad_accum_steps", 1))
         self.batch_size = int(_get(cfg, "trBatch", 2))
         self.policy = str(_get(cfg, "nonfinite_loss", "abort"))
@@ -118,6 +127,9 @@ class Trainer:
         self.iteration = 0
         self.best = None  # {'iteration', 'delta_m', 'reference', 'headline'}
         self.resumed_from = None
+        if is_main_process():  # partial files of a save that was killed mid-write
+            for path in ckpt_lib.remove_stale_temporaries(self.output_dir):
+                self.log.info(f"removed {path} (an incomplete checkpoint write of an earlier run)")
         last = ckpt_lib.last_checkpoint(self.output_dir) if resume else None
         if last:
             self._resume(last)
@@ -125,7 +137,8 @@ class Trainer:
                 self.log.warning(f"--trained_model {init_weights} is ignored: resuming the run in {self.output_dir} "
                                  f"(use another --output_dir to start from those weights)")
         elif init_weights:
-            ckpt_lib.load_model_weights(self.model, init_weights)
+            ckpt = self._load(init_weights, "--trained_model")
+            self._fit(ckpt, init_weights, "--trained_model")
             self.log.info(f"initialised the weights from {init_weights} (fresh optimizer and schedule)")
 
         self.train_model = self._wrap(self.model)
@@ -170,11 +183,28 @@ class Trainer:
         workers = _get(self.cfg, "eval_workers", None)
         workers = int(_get(self.cfg, "nworkers", 0) if workers is None else workers)
         return build_dataloader(self.cfg, "val", distributed=self.distributed, dataset=self.val_set,
-                                num_workers=workers)
+                                num_workers=workers, catch_errors=True)
+
+    def _load(self, path: str, how: str) -> dict:
+        try:
+            return ckpt_lib.load_checkpoint(path, trusted=self.trust_checkpoint)
+        except ckpt_lib.CheckpointError as err:
+            raise ckpt_lib.CheckpointError(f"{how}: {err}") from None
+
+    def _fit(self, ck: dict, path: str, how: str) -> None:
+        """Load the weights of `ck` into the model; on a mismatch say which file, how it was chosen and
+        what it was trained on against what is asked for."""
+        try:
+            ckpt_lib.load_model_weights(self.model, ck)
+        except ckpt_lib.CheckpointError as err:
+            raise ckpt_lib.CheckpointError(
+                f"{how} {path}: {describe_experiment(ck.get('config'))} does not fit the requested "
+                f"{describe_experiment(self.cfg)}: {err}") from None
 
     def _resume(self, path: str) -> None:
-        ck = ckpt_lib.load_checkpoint(path)
-        ckpt_lib.load_model_weights(self.model, ck)
+        how = "auto-resume from the run folder's last checkpoint"
+        ck = self._load(path, how)
+        self._fit(ck, path, how + (" (move the folder away or pass another --output_dir to start a new run)"))
         if ck.get("optimizer") is not None:
             self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scheduler") is not None:
@@ -197,8 +227,9 @@ class Trainer:
                       f"next lr {current_lr(self.optimizer):.4g}")
 
     # ----------------------------------------------------------------------------- checkpoints
-    def save(self, is_best: bool = False) -> list:
-        """Rank 0 writes last.pth (+ best.pth, + iter_XXXXXX.pth at ckpt_interval); every rank waits."""
+    def save(self, is_best: bool = False, periodic: bool | None = None) -> list:
+        """Rank 0 writes last.pth (+ best.pth, + iter_XXXXXX.pth at ckpt_interval, pruned to
+        keep_checkpoints); every rank waits. periodic=None: decided by ckpt_interval."""
         rngs = all_gather_object(get_rng_state())
         paths = []
         if is_main_process():
@@ -207,8 +238,10 @@ class Trainer:
             state = ckpt_lib.build_state(self.model, self.optimizer, self.scheduler, self.scaler, self.iteration,
                                          rng={str(r): s for r, s in enumerate(rngs)},
                                          config=config_to_dict(self.cfg), best=self.best)
-            periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
-            paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic)
+            if periodic is None:
+                periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
+            paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic,
+                                             keep=self.keep_checkpoints)
         barrier()
         return paths
 
@@ -220,6 +253,28 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = {t: batch[t].to(self.device, non_blocking=True) for t in tasks}
         return images, targets
+
+    def _next_batch(self, stream, saved: list) -> dict:
+        """The next training batch; when a rank cannot read one (data_errors: abort), every rank learns it
+        here, before the forward (whose DDP collectives would otherwise wait for the failed rank forever),
+        the model's buffers are restored to the last completed iteration, and SampleReadError is raised on
+        every rank with the failing ranks' messages (rank 0 reports it once)."""
+        batch, message = None, None
+        try:
+            batch = next(stream)
+        except SampleReadError as err:
+            message = str(err)
+        if self.distributed:
+            failed = int(all_reduce_sum(torch.tensor([0 if message is None else 1], dtype=torch.int64)).item())
+            if failed:
+                messages = [m for m in all_gather_object(message) if m]
+                message = messages[0] + (f" (and {len(messages) - 1} other rank(s) failed too)"
+                                         if len(messages) > 1 else "")
+        if message is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._restore_buffers(saved)
+            raise SampleReadError(message)
+        return batch
 
     def _restore_buffers(self, saved: list) -> None:
         with torch.no_grad():
@@ -264,9 +319,10 @@ class Trainer:
         saved = [b.detach().clone() for b in self.model.buffers()]
         for m in range(self.accum):
             seed_everything(mix_seed(self.seed, STEP_STREAM, self.rank, self.iteration, m))
-            images, targets = self._step_batch(next(stream))
+            batch = self._next_batch(stream, saved)
+            images, targets = self._step_batch(batch)
             sync = m == self.accum - 1 or not self.distributed
-            ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") else _null()
+            ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") else nullcontext()
             with ctx:
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     out = self.train_model(images, targets)
@@ -314,7 +370,8 @@ class Trainer:
         payload = {"iteration": self.iteration, "protocol": "full" if final else "estimate",
                    "num_images": res.num_images, "world_size": self.world, "seed": self.seed,
                    "results": res.results, "headline": headline, "delta_m": dm, "delta_m_against": against,
-                   "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3)}
+                   "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3),
+                   "skipped_samples": [f.message for f in res.skipped]}
         if is_main_process():
             path = write_json_atomic(metrics_path(self.output_dir, self.iteration), payload)
             payload["path"] = path
@@ -380,70 +437,177 @@ class Trainer:
     def train(self, stop_at: int | None = None) -> dict | None:
         """Train from self.iteration to max_iter (or to `stop_at`, a test hook simulating a kill).
 
+        Nothing trained is lost: at an evaluation iteration the checkpoint is written before evaluating
+        (best.pth after it); SIGTERM/SIGINT/SIGUSR1 finish the current step, save and raise
+        TrainingStopped (engine/stop.py); an unreadable sample saves the completed iterations and raises
+        SampleReadError. An evaluation that did not complete (crash, signal) runs first on resume.
         Returns the final evaluation payload (None when stopped early or without a val set).
         """
         cfg, log = self.cfg, self.log
         nworkers = int(_get(cfg, "nworkers", 0))
-        stream = TrainStream(self.train_set, self.batch_size, self.seed, self.rank, self.world,
-                             num_workers=nworkers, start_micro=self.iteration * self.accum,
-                             pin_memory=self.device.type == "cuda")
         end = self.max_iter if stop_at is None else min(int(stop_at), self.max_iter)
-        print_freq = int(_get(cfg, "print_freq", 200))
-        every = max(1, min(print_freq, max(self.max_iter // 20, 1)))
-        progress = Progress(self.max_iter, start=self.iteration, desc="train", every=every,
-                            enabled=is_main_process())
-        if is_main_process():
-            log.info(f"training iterations {self.iteration + 1}..{end} of {self.max_iter}: {self.world} "
-                     f"process(es) x trBatch {self.batch_size} x accum {self.accum} on {self.device}, "
-                     f"{stream.batches_per_epoch} batches per epoch per process, amp "
-                     f"{'bf16' if self.amp else 'off (fp32)'}")
-        jsonl = None
-        if is_main_process():  # one JSON line per iteration: lr and every loss term (appended on resume)
-            os.makedirs(os.path.join(self.output_dir, "metrics"), exist_ok=True)
-            jsonl = open(os.path.join(self.output_dir, "metrics", "train_log.jsonl"), "a", encoding="utf-8")
+        jsonl = self._open_train_log()
         final = None
-        t_last = time.perf_counter()
-        try:
-            while self.iteration < end:
-                lr = current_lr(self.optimizer)
-                terms = self.train_step(stream)
-                self.iteration += 1
-                stream.seek(self.iteration * self.accum)  # a skipped step may have left micro-batches unread
-                now = time.perf_counter()
-                it_s = 1.0 / max(now - t_last, 1e-9)
-                t_last = now
-                if terms is None:  # skipped step: the schedule still advances (as the uninterrupted run)
-                    self.scheduler.step()
-                else:
-                    self.history.append((self.iteration, {"lr": lr, **terms}))
-                    if jsonl is not None:
-                        jsonl.write(json.dumps({"iteration": self.iteration, "lr": lr, **terms}) + "\n")
-                        jsonl.flush()
-                    self._tb_train(terms, lr, it_s)
-                    progress.update(1, loss=terms.get("loss/total", float("nan")), lr=lr)
-                last = self.iteration == self.max_iter
-                do_eval = self.iteration % self.val_interval == 0 or last
-                do_ckpt = do_eval or (self.ckpt_interval and self.iteration % int(self.ckpt_interval) == 0)
-                if do_eval:
-                    progress.write(f"iteration {self.iteration}: evaluating ({'full' if last else 'estimate'})")
-                    payload = self.validate(final=last)
-                    is_best = self._select_best(payload)
-                    if last:
-                        final = payload
-                else:
-                    is_best = False
-                if do_ckpt:
-                    paths = self.save(is_best=is_best)
-                    if paths:
-                        log.info(f"checkpoint: {', '.join(paths)}")
-        finally:
-            progress.close()
-            if jsonl is not None:
-                jsonl.close()
-            stream.close()
-            if self.tb is not None:
-                self.tb.flush()
+        stream = None
+        progress = None
+        completed = False
+        with StopSignals(on_signal=self._on_signal) as stop:
+            try:
+                if self._eval_pending():
+                    final = self._evaluate_and_select(stop, last=self.iteration >= self.max_iter)
+                if self.iteration >= end:
+                    completed = True
+                    return final
+                stream = TrainStream(self.train_set, self.batch_size, self.seed, self.rank, self.world,
+                                     num_workers=nworkers, start_micro=self.iteration * self.accum,
+                                     pin_memory=self.device.type == "cuda", data_errors=self.data_errors)
+                print_freq = int(_get(cfg, "print_freq", 200))
+                every = max(1, min(print_freq, max(self.max_iter // 20, 1)))
+                progress = Progress(self.max_iter, start=self.iteration, desc="train", every=every,
+                                    enabled=is_main_process())
+                if is_main_process():
+                    log.info(f"training iterations {self.iteration + 1}..{end} of {self.max_iter}: {self.world} "
+                             f"process(es) x trBatch {self.batch_size} x accum {self.accum} on {self.device}, "
+                             f"{stream.batches_per_epoch} batches per epoch per process, amp "
+                             f"{'bf16' if self.amp else 'off (fp32)'}")
+                t_last = time.perf_counter()
+                while self.iteration < end:
+                    if self._agree_stop(stop):
+                        self._stop_now(stop.requested, progress)
+                    lr = current_lr(self.optimizer)
+                    try:
+                        terms = self.train_step(stream)
+                    except SampleReadError:
+                        self._save_logged(progress, why="the iterations trained before the unreadable sample")
+                        raise
+                    self.iteration += 1
+                    stream.seek(self.iteration * self.accum)  # a skipped step may have left micro-batches unread
+                    now = time.perf_counter()
+                    it_s = 1.0 / max(now - t_last, 1e-9)
+                    t_last = now
+                    if terms is None:  # skipped step: the schedule still advances (as the uninterrupted run)
+                        self.scheduler.step()
+                    else:
+                        self.history.append((self.iteration, {"lr": lr, **terms}))
+                        if jsonl is not None:
+                            jsonl.write(json.dumps({"iteration": self.iteration, "lr": lr, **terms}) + "\n")
+                            jsonl.flush()
+                        self._tb_train(terms, lr, it_s)
+                        progress.update(1, loss=terms.get("loss/total", float("nan")), lr=lr)
+                    last = self.iteration == self.max_iter
+                    due = self.iteration % self.val_interval == 0 or last
+                    periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
+                    if due or periodic:
+                        self._save_logged(progress)  # before evaluating: an evaluation crash loses nothing
+                    if due and self.val_loader is not None:
+                        progress.write(f"iteration {self.iteration}: evaluating ({'full' if last else 'estimate'})")
+                        payload = self._evaluate_and_select(stop, last=last)
+                        if last:
+                            final = payload
+                    t_last = time.perf_counter()
+                completed = True
+            finally:
+                if progress is not None:
+                    progress.close()
+                if jsonl is not None:
+                    jsonl.close()
+                if stream is not None:
+                    self.skipped.extend(stream.skipped)
+                    stream.close()
+                if self.tb is not None:
+                    self.tb.flush()
+                self._report_skipped(collective=completed)
         return final
+
+    # ----------------------------------------------------------------------------- stopping and saving
+    def _on_signal(self, signum: int) -> None:
+        self.log.warning(f"received {signal_name(signum)}: finishing iteration {self.iteration + 1}, then saving "
+                         f"and stopping (press Ctrl-C again to exit at once without saving)")
+
+    def _agree_stop(self, stop: StopSignals) -> bool:
+        """True on every rank when any rank was asked to stop (all ranks stop at the same iteration)."""
+        local = 1 if stop.requested is not None else 0
+        if not self.distributed:
+            return bool(local)
+        return int(all_reduce_sum(torch.tensor([local], dtype=torch.int64)).item()) > 0
+
+    def _stop_now(self, signum: int | None, progress) -> None:
+        """Save and raise TrainingStopped. signum None: another rank received the signal (reported as
+        SIGTERM, a termination request)."""
+        import signal
+
+        self._save_logged(progress)
+        raise TrainingStopped(self.iteration, self.max_iter, signal.SIGTERM if signum is None else signum,
+                              os.path.join(ckpt_lib.checkpoint_dir(self.output_dir), ckpt_lib.LAST))
+
+    def _save_logged(self, progress, why: str = "") -> list:
+        paths = self.save(periodic=None)
+        if paths:
+            msg = f"checkpoint at iteration {self.iteration}: {', '.join(paths)}" + (f" ({why})" if why else "")
+            (progress.write if progress is not None else self.log.info)(msg)
+        return paths
+
+    def _eval_pending(self) -> bool:
+        """An evaluation iteration whose metrics were never written (the run died or stopped in it)."""
+        if self.val_loader is None or self.iteration == 0:
+            return False
+        due = self.iteration % self.val_interval == 0 or self.iteration == self.max_iter
+        pending = due and not os.path.isfile(metrics_path(self.output_dir, self.iteration))
+        return bool(broadcast_object(pending))  # rank 0's file system view decides for everyone
+
+    def _evaluate_and_select(self, stop: StopSignals, last: bool) -> dict | None:
+        """Evaluate (a signal aborts it: the state is saved already), then best.pth when it improved."""
+        stop.interruptible = True
+        try:
+            if stop.requested is not None:
+                raise EvaluationInterrupted(stop.requested)
+            payload = self.validate(final=last)
+        except EvaluationInterrupted as sig:
+            stop.interruptible = False
+            last_path = ckpt_lib.last_checkpoint(self.output_dir)
+            self.log.warning(f"evaluation at iteration {self.iteration} interrupted; it runs again on resume")
+            raise TrainingStopped(self.iteration, self.max_iter, sig.signum, last_path) from None
+        finally:
+            stop.interruptible = False
+        if self._select_best(payload):
+            paths = self.save(is_best=True, periodic=False)  # last.pth too: it carries the best record
+            if paths:
+                self.log.info(f"best so far (Delta_m {self.best.get('delta_m')}): {', '.join(paths)}")
+        return payload
+
+    def _open_train_log(self):
+        """metrics/train_log.jsonl for appending, after dropping lines past the resumed iteration (those
+        iterations run again, so each iteration appears once). Rank 0 only; None elsewhere."""
+        if not is_main_process():
+            return None
+        from utils.io import atomic_write
+
+        path = os.path.join(self.output_dir, "metrics", "train_log.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                lines = f.readlines()
+            keep = [ln for ln in lines if _jsonl_iteration(ln) <= self.iteration]
+            if len(keep) != len(lines):
+                def write(tmp):
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in keep)
+
+                atomic_write(path, write)
+        return open(path, "a", encoding="utf-8")
+
+    def _report_skipped(self, collective: bool) -> None:
+        """Summary of the training samples left out under data_errors: skip (every rank's, by rank 0, when
+        the loop ended normally; each rank its own when an exception is in flight: no collective then)."""
+        if self.data_errors != "skip":
+            return
+        merged = list(self.skipped)
+        if collective:
+            merged = [f for part in all_gather_object(merged) for f in part]
+        if merged and (is_main_process() or not collective):
+            unique = {f.index: f for f in merged}
+            self.log.warning(f"training left out {describe_failures(list(unique.values()))} "
+                             f"({len(merged)} time(s) in all; data_errors: skip)")
 
     def close(self) -> None:
         """Release the DDP wrapper and TensorBoard writer (before the process group is destroyed)."""
@@ -454,9 +618,10 @@ class Trainer:
         self.val_loader = None
 
 
-class _null:
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *a):
-        return False
+def _jsonl_iteration(line: str) -> float:
+    """The iteration of one train_log.jsonl line (inf for an unreadable line: dropped on resume)."""
+    try:
+        return float(json.loads(line).get("iteration", float("inf")))
+    except (ValueError, AttributeError):
+        return float("inf")

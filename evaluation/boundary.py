@@ -245,8 +245,9 @@ class _FlowMatcher:
 def _match_pyedgeeval(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> tuple:
     from pyEdgeEval._lib import correspond_pixels
 
-    match_pred, match_gt, _, _ = correspond_pixels(pred.astype(np.float64), gt.astype(np.float64),
-                                                   max_dist, 100.0)
+    # The compiled matcher reads raw buffers: hand it C-ordered copies (astype keeps a Fortran layout).
+    match_pred, match_gt, _, _ = correspond_pixels(np.ascontiguousarray(pred, dtype=np.float64),
+                                                   np.ascontiguousarray(gt, dtype=np.float64), max_dist, 100.0)
     return int((match_pred > 0).sum()), int((match_gt > 0).sum())
 
 
@@ -296,16 +297,36 @@ def _thinning_lut(subiteration: int) -> np.ndarray:
 _THIN_LUTS = (_thinning_lut(1), _thinning_lut(2))
 
 
+def _padded_c_order(b: np.ndarray) -> np.ndarray:
+    """Boolean copy of `b` framed by one row/column of False, always C-ordered whatever `b`'s layout.
+
+    Why: thin_binary addresses neighbours by flat offsets and deletes pixels through a flattened view;
+    both assume row-major storage of a private buffer, never the caller's array.
+    """
+    h, w = b.shape
+    img = np.zeros((h + 2, w + 2), dtype=bool, order="C")
+    img[1:-1, 1:-1] = b  # any non-zero value is set, as with astype(bool)
+    return img
+
+
 def thin_binary(b: np.ndarray) -> np.ndarray:
     """Morphological thinning to 1-pixel lines (Inf iterations), identical to skimage.morphology.thin.
 
     Why not skimage: it re-scans the whole image with a correlation in every subiteration; boundary maps
     are sparse, so this version only looks at the set pixels (8 gathers each) and is ~10x faster, which
     matters at 101 thresholds per image. Equality with skimage is checked in the tests.
+
+    Any memory order or strided view is accepted: the pixels are copied into a fresh C-ordered padded
+    array, so that `flat` is a view of it and the deletions made through it land in the returned map
+    (np.pad keeps a Fortran input's order, and a flattened Fortran array is a copy that would swallow
+    them, handing back the unthinned map).
     """
-    img = np.pad(np.asarray(b, dtype=bool), 1)
+    b = np.asarray(b)
+    if b.ndim != 2:
+        raise ValueError(f"thin_binary expects a 2-D map, got shape {b.shape}")
+    img = _padded_c_order(b)
     w = img.shape[1]
-    flat = img.reshape(-1)
+    flat = img.reshape(-1)  # a view: img is C-ordered and contiguous by construction
     idx = np.flatnonzero(flat)
     offsets = (1, -w + 1, -w, -w - 1, -1, w - 1, w, w + 1)  # x1..x8: E, NE, N, NW, W, SW, S, SE
     changed = True

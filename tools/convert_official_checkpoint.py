@@ -9,6 +9,10 @@ partial load would evaluate a half-random model.
 Usage:
     python tools/convert_official_checkpoint.py --input best_model.pth.tar --output converted.pth \
         --config configs/pascal/vitL.yml
+
+The input is opened without running code from it (`weights_only=True`). An original checkpoint that
+also pickles Python objects (an EasyDict of arguments, ...) is refused with one error line; add
+--trust_checkpoint to open it with a full unpickle, only for a file from a trusted source.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.checkpoint import atomic_torch_save  # noqa: E402
+from utils.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint  # noqa: E402
 
 DDP_PREFIX = "module."
 # Renames from the original's names to ours (none needed: names are kept; the table exists so a
@@ -114,6 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="where to write the converted checkpoint (.pth)")
     parser.add_argument("--config", help="experiment config of the checkpoint; verifies every key and shape")
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value (as main.py)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow an input that holds Python objects beyond tensors (many original .pth.tar "
+                             "files do): opening it runs code stored in the file, so use this only for files "
+                             "from a trusted source")
     args = parser.parse_args(argv)
 
     src = Path(args.input)
@@ -121,11 +129,10 @@ def main(argv=None) -> int:
         print(f"error: input checkpoint {src} does not exist", file=sys.stderr)
         return 2
     try:
-        ckpt = torch.load(str(src), map_location="cpu", weights_only=True)
-    except Exception as exc:  # old pickles with extra objects
-        print(f"note: weights-only load failed ({type(exc).__name__}); retrying with a full unpickle "
-              f"(only do this for checkpoints you trust)", file=sys.stderr)
-        ckpt = torch.load(str(src), map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(str(src), map_location="cpu", trusted=args.trust_checkpoint)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         sd = extract_state_dict(ckpt)
         if args.config:

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         return fail(f"the config {args.config_exp} has no edge task (task_dictionary.include_edge)")
     device = pick_device(args.device)
     try:
-        model = load_trained_model(cfg, args.trained_model, device)
+        model = load_trained_model(cfg, args.trained_model, device, trusted=args.trust_checkpoint)
         loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size)
     except (CheckpointError, DatasetError, FileNotFoundError) as err:
         return fail(err)

@@ -3,7 +3,8 @@
 Layout under `<output_dir>/checkpoints/`:
     last.pth            the latest state (resume point), rewritten at every checkpoint
     best.pth            the state with the best Delta_m (or headline metric) seen so far
-    iter_XXXXXX.pth     periodic copies every `ckpt_interval` iterations (kept)
+    iter_XXXXXX.pth     periodic copies every `ckpt_interval` iterations (all kept, or the newest
+                        `keep` of them when save_checkpoint is given `keep`)
 
 A checkpoint is a dict {model (unwrapped: no DDP `module.` prefix), optimizer, scheduler, scaler,
 iteration (number of *completed* iterations: resuming continues at this count, no off-by-one),
@@ -11,23 +12,35 @@ rng (python/numpy/torch/cuda states), config (plain dict), best (metric record o
 Files are written to a temporary name in the same folder and renamed (`os.replace`), so a kill during
 the write leaves the previous file intact (the original overwrote `checkpoint.pth.tar` in place).
 
+Every value is a tensor or a plain Python type (dict/list/tuple/int/float/str/bool/None), so a
+checkpoint opens with `torch.load(weights_only=True)`, which runs no code from the file. Files that need
+a full unpickle (the original repository's .pth.tar with EasyDict/Namespace objects, or a planted file)
+are refused unless the caller says the file is trusted (`trusted=True`, `--trust_checkpoint`).
+
 Loading weights (`load_model_weights`) accepts this format, a bare state dict, and the original's
 checkpoints whose keys carry `module.` (converted by tools.convert_official_checkpoint when present).
 """
 from __future__ import annotations
 
 import os
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
 from collections import OrderedDict
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
-from utils.io import atomic_write
+from utils.io import atomic_write, is_atomic_temporary
 
 __all__ = ["CKPT_DIR", "LAST", "BEST", "FORMAT_VERSION", "unwrap_model", "atomic_torch_save", "checkpoint_dir",
            "last_checkpoint", "periodic_name", "build_state", "save_checkpoint", "load_checkpoint",
-           "extract_model_state", "load_model_weights", "CheckpointError"]
+           "extract_model_state", "load_model_weights", "prune_periodic", "remove_stale_temporaries",
+           "CheckpointError"]
 
 CKPT_DIR = "checkpoints"
 LAST = "last.pth"
@@ -66,6 +79,9 @@ def periodic_name(iteration: int) -> str:
     return f"iter_{int(iteration):06d}.pth"
 
 
+_PERIODIC_RE = re.compile(r"^iter_(\d+)\.pth$")
+
+
 def atomic_torch_save(obj, path: str) -> str:
     """torch.save to a temporary file in the target folder, fsync, then rename over `path`."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
@@ -74,44 +90,173 @@ def atomic_torch_save(obj, path: str) -> str:
 def build_state(model: nn.Module, optimizer=None, scheduler=None, scaler=None, iteration: int = 0,
                 rng: dict | None = None, config: Mapping | None = None, best: dict | None = None,
                 extra: dict | None = None) -> dict:
-    """The checkpoint dict (see the module doc). Model tensors are cloned to CPU-independent storage by torch.save."""
+    """The checkpoint dict (see the module doc). Model tensors are cloned to CPU-independent storage by torch.save.
+
+    Everything besides the model's state dict goes through `_safe`, so numpy scalars or arrays (metric
+    values, RNG states) cannot make the file unloadable with `weights_only=True`.
+    """
     state = {
         "version": FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "optimizer": _safe(optimizer.state_dict(), "optimizer") if optimizer is not None else None,
+        "scheduler": _safe(scheduler.state_dict(), "scheduler") if scheduler is not None else None,
+        "scaler": _safe(scaler.state_dict(), "scaler") if scaler is not None else None,
         "iteration": int(iteration),
-        "rng": rng,
-        "config": _plain(config) if config is not None else None,
-        "best": best,
+        "rng": _safe(rng, "rng"),
+        "config": _safe(_plain(config), "config") if config is not None else None,
+        "best": _safe(best, "best"),
     }
     if extra:
-        state.update(extra)
+        state.update({k: _safe(v, str(k)) for k, v in extra.items()})
     return state
 
 
-def save_checkpoint(state: dict, output_dir: str, is_best: bool = False, periodic: bool = False) -> list:
-    """Write last.pth (always), best.pth (is_best) and iter_XXXXXX.pth (periodic). Returns the paths written."""
+def save_checkpoint(state: dict, output_dir: str, is_best: bool = False, periodic: bool = False,
+                    keep: int | None = None) -> list:
+    """Write last.pth (always), best.pth (is_best) and iter_XXXXXX.pth (periodic). Returns the paths written.
+
+    keep: after a periodic copy, delete all but the newest `keep` iter_XXXXXX.pth files (by the iteration
+    in the name) so long runs do not fill the disk; None keeps them all. last.pth and best.pth are never
+    deleted.
+    """
+    if keep is not None and int(keep) < 1:
+        raise ValueError(f"keep={keep} would delete every periodic checkpoint in {checkpoint_dir(output_dir)}; "
+                         f"pass a number >= 1 or None to keep them all")
     folder = checkpoint_dir(output_dir)
     paths = [atomic_torch_save(state, os.path.join(folder, LAST))]
     if is_best:
         paths.append(atomic_torch_save(state, os.path.join(folder, BEST)))
     if periodic:
         paths.append(atomic_torch_save(state, os.path.join(folder, periodic_name(state["iteration"]))))
+        if keep is not None:
+            prune_periodic(output_dir, int(keep))
     return paths
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint file with a clear error for a missing or unreadable file."""
+def prune_periodic(output_dir: str, keep: int) -> list:
+    """Delete all but the newest `keep` iter_XXXXXX.pth files of a run; returns the removed paths."""
+    folder = checkpoint_dir(output_dir)
+    found = []
+    for name in os.listdir(folder):
+        m = _PERIODIC_RE.match(name)
+        if m and os.path.isfile(os.path.join(folder, name)):
+            found.append((int(m.group(1)), name))
+    found.sort()
+    removed = []
+    for _, name in found[:max(len(found) - keep, 0)]:
+        path = os.path.join(folder, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:  # already gone (another cleaner): nothing to do
+            continue
+        removed.append(path)
+    return removed
+
+
+def remove_stale_temporaries(output_dir: str) -> list:
+    """Delete temporary files that a killed save left in `<output_dir>/checkpoints/`; returns their paths.
+
+    atomic_write renames its temporary file only once it is complete, so a temporary still present after
+    a SIGKILL is a partial copy that would otherwise stay forever (each one as large as a checkpoint).
+    Only names of atomic_write's temporary pattern are touched, never last.pth, best.pth or iter_*.pth.
+    Call it before the run writes anything: a save in progress in another process looks the same.
+    """
+    folder = checkpoint_dir(output_dir)
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if is_atomic_temporary(name) and os.path.isfile(path) and not os.path.islink(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
+
+
+def load_checkpoint(path: str, map_location="cpu", trusted: bool = False) -> dict:
+    """Read a checkpoint file without running code from it, with a clear error for a bad file.
+
+    The file is always opened with `weights_only=True` first. A file that needs a full unpickle (Python
+    objects beyond tensors and plain types) can execute arbitrary code when opened, so it is refused
+    unless `trusted` (the user's --trust_checkpoint); then it is opened with `weights_only=False`.
+    """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; pass an existing file (runs write "
                               f"<output_dir>/{CKPT_DIR}/{LAST} and {BEST}).")
     try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated file, not a torch file, Python objects, ...
+        needs = _objects_needed(path, err)
+        if needs is None:
+            raise _unreadable(path, err) from None
+        if not trusted:
+            names = ", ".join(needs[:3]) + (", ..." if len(needs) > 3 else "")
+            raise CheckpointError(
+                f"checkpoint {path} contains Python objects beyond tensors (it needs {names}), "
+                f"as the original repository's .pth.tar files do, and opening it could execute code; pass "
+                f"--trust_checkpoint only for a file from a trusted source.") from None
+    try:
         return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}. The file may be "
-                              f"truncated or not a PyTorch checkpoint.") from None
+    except Exception as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: str, err: Exception) -> CheckpointError:
+    """The error for a file torch cannot read at all (truncated, not a checkpoint)."""
+    msg = " ".join(str(err).split())
+    if "WeightsUnpickler error:" in msg:  # keep torch's diagnosis, drop its advice to unpickle the file
+        msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+    msg = msg.split(". ", 1)[0].rstrip(".")[:300]
+    return CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {msg}. The file may be "
+                           f"truncated or not a PyTorch checkpoint.")
+
+
+def _objects_needed(path: str, err: Exception) -> list | None:
+    """The Python globals a file needs beyond the weights-only allowlist, or None if it is simply unreadable.
+
+    torch raises the same UnpicklingError for a planted pickle and for random bytes, so the file itself
+    is inspected (without executing it): a torch zip archive lists its globals, a plain pickle stream is
+    parsed opcode by opcode with pickletools, which builds no objects.
+    """
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    named = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if zipfile.is_zipfile(path):
+        try:
+            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - a damaged archive: unreadable, not unsafe
+            names = []
+        return names or named or None
+    return named or _pickle_globals(path)
+
+
+def _pickle_globals(path: str) -> list | None:
+    """The globals referenced by the first pickle in `path`, or None when it is no complete pickle."""
+    names, strings, memo = [], [], {}
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str) and op.name.endswith("UNICODE"):
+                    strings.append(arg)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = strings[-1] if strings else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(arg))
+                elif op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(str(x) for x in strings[-2:]) if len(strings) >= 2 else "object")
+    except Exception:  # noqa: BLE001 - not a pickle stream
+        return None
+    return sorted(set(names)) or None
 
 
 def extract_model_state(ckpt) -> "OrderedDict[str, torch.Tensor]":
@@ -139,13 +284,14 @@ def extract_model_state(ckpt) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict((k[len(DDP_PREFIX):] if k.startswith(DDP_PREFIX) else k, v) for k, v in sd.items())
 
 
-def load_model_weights(model: nn.Module, source, strict: bool = True) -> dict:
+def load_model_weights(model: nn.Module, source, strict: bool = True, trusted: bool = False) -> dict:
     """Load weights into (the unwrapped) `model` from a path or a loaded checkpoint.
 
     strict: every key and shape must match; otherwise the mismatches are listed in the error (a silently
-    partial load would train or evaluate a half-random model). Returns the loaded checkpoint dict.
+    partial load would train or evaluate a half-random model). trusted: allow a path that needs a full
+    unpickle (see load_checkpoint). Returns the loaded checkpoint dict.
     """
-    ckpt = load_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    ckpt = load_checkpoint(source, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     sd = extract_model_state(ckpt)
     target = unwrap_model(model)
     own = target.state_dict()
@@ -179,3 +325,39 @@ def _plain(v):
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
+
+
+_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _safe(v, where: str = "checkpoint"):
+    """A copy of `v` made only of tensors and plain Python types, which `weights_only=True` accepts.
+
+    numpy scalars become Python numbers, numpy arrays become tensors, paths become strings, enums and
+    other subclasses of int/float/str their plain value, named tuples dicts, sets sorted lists. Any other
+    object is stored as its repr with a warning: the file must stay loadable without unpickling code,
+    and only metadata (not the weights) can hold such values.
+    """
+    if type(v) in _PLAIN_TYPES or torch.is_tensor(v) or isinstance(v, (torch.Size, torch.dtype, torch.device)):
+        return v
+    if isinstance(v, np.generic):  # before int/float: np.float64 subclasses float
+        return _safe(v.item(), where)
+    if isinstance(v, np.ndarray):
+        return _safe(v.tolist(), where) if v.dtype == object else torch.from_numpy(np.ascontiguousarray(v).copy())
+    for plain in (int, float, str, bytes):
+        if isinstance(v, plain):
+            return plain(v)
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if isinstance(v, Mapping):
+        kind = OrderedDict if isinstance(v, OrderedDict) else dict
+        return kind((_safe(k, where), _safe(x, f"{where}.{k}")) for k, x in v.items())
+    if isinstance(v, tuple) and hasattr(v, "_asdict"):
+        return _safe(dict(v._asdict()), where)
+    if isinstance(v, tuple):
+        return tuple(_safe(x, where) for x in v)
+    if isinstance(v, (list, set, frozenset)):
+        return [_safe(x, where) for x in (sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v)]
+    warnings.warn(f"checkpoint entry {where} holds a {type(v).__name__}, stored as its text so the file "
+                  f"loads without unpickling code; store plain values there instead", stacklevel=3)
+    return repr(v)

@@ -10,7 +10,7 @@ import sys
 
 
 def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts."""
+    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint."""
     p.add_argument("--config_exp", required=True, help="the experiment config (or the run's saved config.yml)")
     p.add_argument("--trained_model", required=True,
                    help="checkpoint (ours, or an original one with module. keys)")
@@ -20,6 +20,10 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=None, help="images per forward (default valBatch)")
     p.add_argument("--seed", type=int, default=None, help="diffusion sampling seed (default: the config's seed)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow a checkpoint that holds Python objects beyond tensors (e.g. the original "
+                        "repository's .pth.tar): opening such a file runs code stored in it, so use this only "
+                        "for files from a trusted source")
     return p
 
 
@@ -47,14 +51,16 @@ def pick_device(name: str | None):
     return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_trained_model(cfg, checkpoint: str, device):
+def load_trained_model(cfg, checkpoint: str, device, trusted: bool = False):
     """The config's model with the checkpoint's weights, in eval mode on `device`.
 
-    Raises utils.checkpoint.CheckpointError (file, key and what to do) when the weights do not fit.
+    trusted: the user passed --trust_checkpoint, so a checkpoint that needs a full unpickle may be opened.
+    Raises utils.checkpoint.CheckpointError (file, key and what to do) when the weights do not fit or the
+    file needs trust it was not given.
     """
     from models import build_model
     from utils.checkpoint import load_model_weights
 
     model = build_model(cfg)
-    load_model_weights(model, checkpoint)
+    load_model_weights(model, checkpoint, trusted=trusted)
     return model.to(device).eval()

@@ -187,6 +187,15 @@ SCHEMA: dict[str, Spec] = {
                            choices=("abort", "skip")),
     "ckpt_interval": _int(None, "save a checkpoint every this many iterations (null: at every evaluation)",
                           ge=1, nullable=True),
+    "keep_checkpoints": _int(None, "periodic iter_XXXXXX.pth copies kept (the newest N; older ones are deleted "
+                                   "after each save; last.pth and best.pth are always kept; null: keep all)",
+                             ge=1, nullable=True),
+    "data_errors": _str("abort", "an unreadable sample (corrupt image/label file) during training or evaluation: "
+                                 "abort (save the trained iterations, then stop with the file named) or skip "
+                                 "(leave the sample out, count it, summary at the end)", choices=("abort", "skip")),
+    "dist_timeout_minutes": _float(30.0, "how long a distributed collective waits for the other ranks before "
+                                         "the run stops with an error (a rank that died must not leave the "
+                                         "others waiting forever)", gt=0),
     "print_freq": _int(200, "log training losses every this many iterations", ge=1),
     # ---- model (original keys) ------------------------------------------------------------------
     "model": _str(REQUIRED, "whole model: TaskDiffusion, TaskDiffusion_mlore, or baseline (no diffusion)",
@@ -272,6 +281,12 @@ def _read_yaml(path: str) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {' '.join(str(err).split())}. Fix the syntax "
                           f"at the position shown.", file=path) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                          f"--config_exp takes a YAML file such as configs/pascal/vitL.yml.", file=path) from None
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read: {err.strerror or err}; check the path and its "
+                          f"permissions.", file=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

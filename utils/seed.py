@@ -55,27 +55,52 @@ def seed_everything(seed: int) -> None:
 
 
 def get_rng_state() -> dict:
-    """Snapshot of every global generator (for checkpoints)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Snapshot of every global generator (for checkpoints), made of tensors and plain Python values only.
+
+    numpy's own state tuple holds an ndarray and numpy integers, which `torch.load(weights_only=True)`
+    refuses; it is stored as a dict with the key as an int64 tensor instead (see `_numpy_state`).
+    """
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict | None) -> None:
-    """Restore a `get_rng_state` snapshot; missing entries (e.g. CUDA state on a CPU run) are skipped."""
+    """Restore a `get_rng_state` snapshot; missing entries (e.g. CUDA state on a CPU run) are skipped.
+
+    Also accepts snapshots of older checkpoints, whose numpy entry is numpy's own state tuple.
+    """
     if not state:
         return
     if "python" in state:
         random.setstate(_py_state(state["python"]))
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_native(state["numpy"]))
     if "torch" in state:
         torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda])
+
+
+def _numpy_state() -> dict:
+    """numpy's global MT19937 state as {bit_generator, key (int64 tensor), pos, has_gauss, gauss}."""
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64).copy()),
+            "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_native(s):
+    """The tuple np.random.set_state expects, from `_numpy_state`'s dict or an old-format tuple/list."""
+    if isinstance(s, dict):
+        key = s["key"]
+        key = key.cpu().numpy() if torch.is_tensor(key) else np.asarray(key)
+        return (s.get("bit_generator", "MT19937"), key.astype(np.uint32), int(s["pos"]),
+                int(s.get("has_gauss", 0)), float(s.get("gauss", 0.0)))
+    name, key, *rest = s
+    return (name, np.asarray(key, dtype=np.uint32), *rest)
 
 
 def _py_state(s):

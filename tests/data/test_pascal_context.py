@@ -1,5 +1,8 @@
 """PASCAL-Context reader: every modality decoded as spec §1.2 says, checked against the generator's truth."""
+import json
 import os
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +37,42 @@ def _edges_reference(label_map):
 @pytest.fixture(scope="module")
 def train_set(synth_root, tmp_path_factory):
     return PASCALContext(synth_root, "train", cache_dir=tmp_path_factory.mktemp("pcache"))
+
+
+@pytest.fixture(scope="module")
+def scanned_root(synth_root, tmp_path_factory):
+    """A copy of the synthetic PASCAL set without ImageSets/Parts: the reader must scan the .mat files."""
+    root = tmp_path_factory.mktemp("no_parts_index")
+    shutil.copytree(synth_root / "PASCALContext", root / "PASCALContext",
+                    ignore=lambda folder, names: ["Parts"] if Path(folder).name == "ImageSets" else [])
+    assert not (root / "PASCALContext" / "ImageSets" / "Parts").exists()
+    return root
+
+
+def _count_mat_reads(monkeypatch):
+    """Record (folder, id) of every .mat file the reader opens from now on."""
+    import data.pascal_context as pc
+
+    reads, real = [], pc.load_mat
+
+    def counting(path, sid, key=None):
+        reads.append((Path(path).parent.name, sid))
+        return real(path, sid, key)
+
+    monkeypatch.setattr(pc, "load_mat", counting)
+    return reads
+
+
+def _count_scans(monkeypatch):
+    """Count the reader's part-index scans (one per dataset that builds its index from the .mat files)."""
+    scans, real = [], PASCALContext._build_part_index
+
+    def counting(self):
+        scans.append(self.split)
+        return real(self)
+
+    monkeypatch.setattr(PASCALContext, "_build_part_index", counting)
+    return scans
 
 
 def test_sample_structure(train_set):
@@ -153,7 +192,8 @@ def test_cache_lives_outside_the_dataset_and_matches_uncached(synth_root, tmp_pa
     again = [cached[i] for i in range(len(cached))]  # served from the npz cache
     plain = PASCALContext(synth_root, "val", cache_dir=tmp_path / "unused", disk_cache=False)
     assert sorted(p for p in (synth_root / "PASCALContext").rglob("*")) == before, "dataset folder modified"
-    assert list(cache.glob("PASCALContext-*/parts_index_val.json"))
+    # the synthetic set ships ImageSets/Parts like the real tarball: no part index is built or cached
+    assert not list(cache.glob("PASCALContext-*/parts_index_val.json"))
     assert len(list(cache.glob("PASCALContext-*/labelmap/*.npz"))) == len(cached)
     for i, (x, y) in enumerate(zip(first, again)):
         z = plain[i]
@@ -192,7 +232,7 @@ def test_subset_of_tasks(synth_root, tmp_path):
     assert set(ds[0]) == {"image", "semseg", "sal", "meta"}
 
 
-def test_part_index_is_built_once_by_concurrent_openers(synth_root, tmp_path, monkeypatch):
+def test_part_index_is_built_once_by_concurrent_openers(scanned_root, tmp_path, monkeypatch):
     """Ranks opening the dataset at the same time: one builds the part index, the others wait for its
     file instead of reading every .mat file again (exclusive lock in the cache folder)."""
     import threading
@@ -213,7 +253,7 @@ def test_part_index_is_built_once_by_concurrent_openers(synth_root, tmp_path, mo
 
     def open_it():
         start.wait()
-        results.append(PASCALContext(synth_root, "train", tasks=["human_parts"], cache_dir=tmp_path).part_index)
+        results.append(PASCALContext(scanned_root, "train", tasks=["human_parts"], cache_dir=tmp_path).part_index)
 
     threads = [threading.Thread(target=open_it) for _ in range(3)]
     for t in threads:
@@ -222,3 +262,88 @@ def test_part_index_is_built_once_by_concurrent_openers(synth_root, tmp_path, mo
         t.join()
     assert len(results) == 3 and results[0] == results[1] == results[2]
     assert sorted(calls) == sorted(results[0])  # every image indexed exactly once, not three times
+
+
+# ---------------------------------------------------------------- the shipped part index (ImageSets/Parts)
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_shipped_part_index_replaces_the_scan(synth_root, scanned_root, tmp_path, split, monkeypatch):
+    """With ImageSets/Parts/<split>.txt the reader opens no human_parts .mat to index the split, caches
+    nothing, and gives exactly the index and labels of the scanning branch (which still works without)."""
+    reads = _count_mat_reads(monkeypatch)
+    scans = _count_scans(monkeypatch)
+    scanned = PASCALContext(scanned_root, split, tasks=["human_parts"], cache_dir=tmp_path / "scan")
+    assert scans == [split] and sorted(sid for folder, sid in reads if folder == "human_parts") == sorted(scanned.ids)
+    assert list((tmp_path / "scan").glob(f"PASCALContext-*/parts_index_{split}.json"))
+
+    reads.clear()
+    shipped = PASCALContext(synth_root, split, tasks=["human_parts"], cache_dir=tmp_path / "shipped")
+    assert scans == [split] and reads == [], "the shipped index should make the scan unnecessary"
+    assert not list((tmp_path / "shipped").glob("PASCALContext-*/parts_index_*.json"))
+
+    assert shipped.ids == scanned.ids
+    assert shipped.part_index == scanned.part_index and list(shipped.part_index) == shipped.ids
+    assert shipped.has_parts == scanned.has_parts and any(shipped.has_parts.values())
+    for i in range(len(shipped)):
+        a, b = shipped[i], scanned[i]
+        g = _truth(a["meta"]["img_name"])
+        assert a["meta"] == b["meta"]
+        np.testing.assert_array_equal(a["human_parts"], b["human_parts"])
+        np.testing.assert_array_equal(a["human_parts"][..., 0], g["human_parts"])
+
+
+def _open_train(root, cache, **kw):
+    return PASCALContext(root, "train", tasks=["human_parts"], cache_dir=cache, **kw)
+
+
+def test_shipped_part_index_content_is_what_the_reader_uses(fresh_root, tmp_path, monkeypatch):
+    """Proof that the file is read, not re-derived: an index claiming no objects at all is obeyed."""
+    scans = _count_scans(monkeypatch)
+    truth = _open_train(fresh_root, tmp_path / "a")
+    assert scans == [] and any(truth.has_parts.values())
+    parts = fresh_root / "PASCALContext" / "ImageSets" / "Parts" / "train.txt"
+    parts.write_text(json.dumps({sid: [] for sid in truth.ids}))
+    emptied = _open_train(fresh_root, tmp_path / "b")
+    assert scans == [] and emptied.part_index == {sid: [] for sid in truth.ids}
+    assert not any(emptied.has_parts.values())
+    assert all(np.all(emptied[i]["human_parts"] == 0) for i in range(len(emptied)))
+
+
+def test_shipped_part_index_covers_a_shortened_split(fresh_root, tmp_path, monkeypatch):
+    """Extra ids in the shipped index (e.g. after trimming the split file) are fine: only the split's
+    entries are kept, in split order."""
+    scans = _count_scans(monkeypatch)
+    full = _open_train(fresh_root, tmp_path / "a")
+    split = fresh_root / "PASCALContext" / "ImageSets" / "Context" / "train.txt"
+    split.write_text(full.ids[1] + "\n")
+    short = _open_train(fresh_root, tmp_path / "b")
+    assert scans == [] and short.part_index == {full.ids[1]: full.part_index[full.ids[1]]}
+
+
+@pytest.mark.parametrize("case", ["missing", "lacks_an_id", "not_json", "ids_per_line", "a_list",
+                                  "bad_values", "older_than_a_mat"])
+def test_unusable_shipped_part_index_falls_back_to_the_scan(fresh_root, tmp_path, case, monkeypatch):
+    scans = _count_scans(monkeypatch)
+    expect = _open_train(fresh_root, tmp_path / "ref").part_index
+    assert scans == []
+    ds_dir = fresh_root / "PASCALContext"
+    parts = ds_dir / "ImageSets" / "Parts" / "train.txt"
+    ids = list(expect)
+    if case == "missing":
+        parts.unlink()
+    elif case == "lacks_an_id":
+        parts.write_text(json.dumps({ids[0]: expect[ids[0]]}))
+    elif case == "not_json":
+        parts.write_text("{ this is not JSON")
+    elif case == "ids_per_line":
+        parts.write_text("\n".join(ids) + "\n")
+    elif case == "a_list":
+        parts.write_text(json.dumps([[sid, expect[sid]] for sid in ids]))
+    elif case == "bad_values":
+        parts.write_text(json.dumps({sid: "15" for sid in ids}))
+    else:  # an annotation edited after the index was written: the index may be stale
+        mat = ds_dir / "human_parts" / f"{ids[0]}.mat"
+        st = os.stat(mat)
+        os.utime(mat, ns=(st.st_atime_ns, parts.stat().st_mtime_ns + 10**9))
+    ds = _open_train(fresh_root, tmp_path / "scan")
+    assert scans == ["train"] and ds.part_index == expect

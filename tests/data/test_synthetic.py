@@ -17,7 +17,8 @@ def test_pascal_layout_is_exact(tmp_path):
     assert root == tmp_path / "PASCALContext"
     files = set(_tree(root))
     ids = ["2008_000000", "2008_000001", "2008_000002"]
-    expect = {"ImageSets/Context/train.txt", "ImageSets/Context/val.txt", "SYNTHETIC.json"}
+    expect = {"ImageSets/Context/train.txt", "ImageSets/Context/val.txt", "ImageSets/Parts/train.txt",
+              "ImageSets/Parts/val.txt", "SYNTHETIC.json"}
     for i in ids:
         expect |= {f"JPEGImages/{i}.jpg", f"pascal-context/trainval/{i}.mat", f"human_parts/{i}.mat",
                    f"normals_distill/{i}.png", f"sal_distill/{i}.png"}
@@ -26,6 +27,34 @@ def test_pascal_layout_is_exact(tmp_path):
     assert files == expect
     assert (root / "ImageSets/Context/train.txt").read_text().split() == ids[:2]
     assert (root / "ImageSets/Context/val.txt").read_text().split() == ids[2:]
+
+
+def test_pascal_part_index_files_describe_the_mat_files(tmp_path):
+    """ImageSets/Parts/<split>.txt: the original's JSON layout, the split's ids in order, and for each
+    object of the image's human_parts .mat its class index (−1 for an empty mask)."""
+    import scipy.io as sio
+
+    from data.pascal_context import part_index_entry
+
+    root = generate("pascal", tmp_path, 7, 6, seed=1)
+    seen = set()
+    for split in ("train", "val"):
+        ids = (root / "ImageSets/Context" / f"{split}.txt").read_text().split()
+        path = root / "ImageSets/Parts" / f"{split}.txt"
+        text = path.read_text()
+        lines = text.splitlines()
+        assert lines[0] == "{" and lines[-1] == "}" and text.endswith("}\n")
+        assert [ln.split('"')[1] for ln in lines[1:-1]] == ids
+        assert all(ln.startswith('\t"') for ln in lines[1:-1])
+        index = json.loads(text)
+        assert list(index) == ids
+        for sid in ids:
+            mat = root / "human_parts" / f"{sid}.mat"
+            assert index[sid] == part_index_entry(sio.loadmat(mat)["anno"], mat, sid), sid
+            seen |= set(index[sid])
+            # written after the .mat files, so a reader may trust it as not stale
+            assert path.stat().st_mtime_ns >= mat.stat().st_mtime_ns
+    assert {15, -1} <= seen and len(seen) >= 4  # persons, an empty-mask object and other classes occur
 
 
 def test_nyud_layout_is_exact(tmp_path):

@@ -43,7 +43,7 @@ def test_torchrun_two_processes_match_single_process_eval(tiny_data, tmp_path, m
     argv = ["--config_exp", CONFIG, "--run_mode", "infer", "--trained_model", str(out / "checkpoints" / "last.pth"),
             "--data_root", tiny_data, "--output_dir", str(single), "--opts", *BASE_OPTS]
     assert entry.main(argv) == 0
-    one = json.loads((single / "metrics" / "metrics_infer_iter000002.json").read_text())
+    one = json.loads((single / "infer_last" / "metrics" / "metrics_infer_iter000002.json").read_text())
     assert one["world_size"] == 1 and one["num_images"] == 4
     a, b = _flat(ddp["results"]), _flat(one["results"])
     assert a.keys() == b.keys() and len(a) > 20

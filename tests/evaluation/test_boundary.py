@@ -73,6 +73,67 @@ def test_sparse_thinning_equals_skimage_thin():
         assert np.array_equal(thin_binary(b), thin(b))
 
 
+def _thick_pattern():
+    """Bands 3-7 px wide plus a filled blob: thinning must change it a lot."""
+    b = ndimage.binary_dilation(gt_map() > 0, iterations=2)
+    b[80:90, 5:30] = True
+    return b
+
+
+def test_thinning_does_not_depend_on_memory_order():
+    x = _thick_pattern()
+    ref = thin_binary(x)
+    assert np.array_equal(ref, thin(x))
+    assert ref.sum() < x.sum() / 3  # really thinned, not the input handed back
+    fortran = np.asfortranarray(x)
+    assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
+    assert np.array_equal(thin_binary(fortran), ref)
+    assert np.array_equal(thin_binary(np.asfortranarray(x.astype(np.uint8))), ref)
+    # a transposed view is Fortran-ordered too; thinning is not transpose-symmetric, so compare with
+    # the same image stored in C order
+    xt = x.T
+    expect_t = thin_binary(np.ascontiguousarray(xt))
+    assert np.array_equal(expect_t, thin(np.ascontiguousarray(xt)))
+    assert np.array_equal(thin_binary(xt), expect_t) and not np.array_equal(expect_t, xt)
+    # other strided views (neither C nor Fortran contiguous)
+    for view in (x[:, ::-1], x[::2, ::3], x.T[::-1]):
+        assert np.array_equal(thin_binary(view), thin_binary(view.copy()))
+    assert np.array_equal(x, _thick_pattern()), "the input must not be modified"
+
+
+def test_fortran_ordered_maps_score_like_c_ordered_ones():
+    """A GT straight from scipy.io.loadmat (Fortran order) or a transpose must be thinned all the same."""
+    thick_gt = _thick_pattern().astype(np.uint8)
+    thick_gt[0:4, :] = 255  # an ignored strip
+    pred = soft_prediction(gt_map(shift=(1, 0)))
+    th = edge_thresholds(11)
+    ref = evaluate_image(pred, thick_gt, th, MAX_DIST)
+    assert ref[0, 1] == thin((thick_gt > 0) & (thick_gt != 255)).sum() < (thick_gt == 1).sum()
+    for p, g in ((pred, np.asfortranarray(thick_gt)), (np.asfortranarray(pred), np.asfortranarray(thick_gt)),
+                 (np.asfortranarray(pred), thick_gt)):
+        assert np.array_equal(evaluate_image(p, g, th, MAX_DIST), ref)
+    ref_t = evaluate_image(np.ascontiguousarray(pred.T), np.ascontiguousarray(thick_gt.T), th, MAX_DIST)
+    assert np.array_equal(evaluate_image(pred.T, thick_gt.T, th, MAX_DIST), ref_t)
+
+
+def test_matching_does_not_depend_on_memory_order():
+    rng = np.random.default_rng(1)
+    pred = rng.random((30, 40)) < 0.1
+    gt = rng.random((30, 40)) < 0.1
+    md = 1.5 / math.hypot(30, 40)
+    ref = match_counts(pred, gt, md, "scipy")
+    assert ref[0] > 0
+    assert match_counts(np.asfortranarray(pred), np.asfortranarray(gt), md, "scipy") == ref
+    assert match_counts(pred.T, gt.T, md, "scipy") == match_counts(pred.T.copy(), gt.T.copy(), md, "scipy")
+
+
+def test_nms_does_not_depend_on_memory_order():
+    e = soft_prediction(gt_map(), sigma=2.0).astype(np.float32) / 255
+    ref = nms_edges(e)
+    assert np.array_equal(nms_edges(np.asfortranarray(e)), ref)
+    assert np.array_equal(nms_edges(e.T), nms_edges(np.ascontiguousarray(e.T)))
+
+
 def test_matching_is_maximum_not_greedy():
     pred = np.zeros((20, 20), bool)
     gt = np.zeros((20, 20), bool)

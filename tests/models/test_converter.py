@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -83,3 +84,54 @@ def test_cli_writes_a_strict_loadable_checkpoint(tmp_path, repo_root, capsys):
     assert main(["--input", str(inp), "--output", str(tmp_path / "x.pth"), "--config", str(repo_root / DEMO)]) == 1
     assert "missing from the checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+class _Planted:
+    """Unpickling this object creates `marker`: stands in for code a malicious checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cli_refuses_a_planted_pickle_with_one_line_and_runs_nothing(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    marker, inp, out = tmp_path / "marker_created", tmp_path / "planted.pth", tmp_path / "out.pth"
+    torch.save({"model": {"module.w": torch.zeros(1)}, "payload": _Planted(marker)}, inp)
+    proc = subprocess.run([sys.executable, "tools/convert_official_checkpoint.py", "--input", str(inp),
+                           "--output", str(out), "--config", DEMO], cwd=repo_root, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(inp) in lines[0], proc.stderr
+    assert "--trust_checkpoint" in lines[0] and "execute code" in lines[0]
+    assert not marker.exists() and not out.exists()
+
+
+def test_cli_converts_an_original_style_pickle_only_when_trusted(tmp_path, repo_root, capsys):
+    import argparse
+
+    from easydict import EasyDict
+
+    src = _tiny(repo_root, 0)
+    inp, out = tmp_path / "orig.pth.tar", tmp_path / "conv.pth"
+    torch.save({"model": {"module." + k: v for k, v in src.state_dict().items()},
+                "args": argparse.Namespace(lr=0.1), "p": EasyDict({"epochs": 3})}, inp)
+    argv = ["--input", str(inp), "--output", str(out), "--config", str(repo_root / DEMO)]
+    assert main(argv) == 2 and not out.exists()
+    assert "argparse.Namespace" in capsys.readouterr().err
+    assert main(argv + ["--trust_checkpoint"]) == 0
+    ckpt = torch.load(out, weights_only=True)  # the converted file itself needs no trust
+    _tiny(repo_root, 1).load_state_dict(ckpt["model"], strict=True)
+
+
+def test_cli_reports_an_unreadable_input_without_a_traceback(tmp_path, capsys):
+    inp = tmp_path / "junk.pth"
+    inp.write_bytes(b"not a checkpoint")
+    assert main(["--input", str(inp), "--output", str(tmp_path / "o.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot read" in err and len(err.strip().splitlines()) == 1

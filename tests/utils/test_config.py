@@ -446,7 +446,7 @@ def test_main_exits_2_on_bad_opts_and_missing_checkpoint(tmp_path):
 
 
 def test_main_flow_with_a_stand_in_dataset(tmp_path, monkeypatch, capsys):
-    """main() validates, saves the resolved config, opens both splits and hands over to run()."""
+    """main() validates, opens both splits and hands the resolved config over to run() (which saves it)."""
     import data
     import main
 
@@ -464,14 +464,16 @@ def test_main_flow_with_a_stand_in_dataset(tmp_path, monkeypatch, capsys):
         return Fake({"train": 5, "val": 3}[split])
 
     monkeypatch.setattr(data, "build_dataset", fake_build, raising=False)
-    monkeypatch.setattr(main, "run", lambda cfg, args, datasets: 0)  # the engine itself is tested in tests/engine
+    handed = []
+    monkeypatch.setattr(main, "run", lambda cfg, args, datasets: handed.append(cfg) or 0)  # engine: tests/engine
     out = tmp_path / "run"
     rc = main.main(["--config_exp", str(CONFIGS / "demo" / "synthetic_nyud.yml"), "--run_mode", "train",
                     "--output_dir", str(out), "--data_root", str(tmp_path), "--seed", "7", "--eval_workers", "0"])
     text = capsys.readouterr().out
     assert rc == 0 and opened == ["train", "val"]
     assert "train 5, val 3" in text and "semseg, depth, normals, edge" in text and "96x128" in text
-    saved = load_config(out / "config.yml")
+    assert not (out / "config.yml").exists()  # written by the engine once the model is built, not before
+    saved = handed[0]
     assert saved.seed == 7 and saved.eval_workers == 0 and saved.db_root == str(tmp_path)
 
     def broken(cfg, split, transform=None):
