@@ -10,8 +10,9 @@ errors (1 bug, 2 user error).
 
 During an evaluation the state is already saved (the checkpoint is written before evaluating), so a
 signal there aborts the evaluation at once instead of waiting minutes for it; the evaluation runs
-again when the run resumes. A second SIGINT or SIGTERM exits at once (KeyboardInterrupt) for a user who
-does not want to wait.
+again when the run resumes. A second Ctrl-C (SIGINT) exits at once (KeyboardInterrupt) for a user who
+does not want to wait; a repeated SIGTERM or SIGUSR1 is the same request again (under `srun torchrun` every
+worker receives SIGTERM twice, from SLURM and from torchrun) and changes nothing.
 """
 from __future__ import annotations
 
@@ -82,9 +83,9 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.requested is not None:
-            if signum in (signal.SIGINT, signal.SIGTERM):
-                raise KeyboardInterrupt  # second request: exit at once
-            return
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: exit at once
+            return  # SLURM and torchrun both deliver SIGTERM: a repeat is the same request
         self.requested = signum
         if self.on_signal is not None:
             self.on_signal(signum)

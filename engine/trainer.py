@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -521,8 +522,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- stopping and saving
     def _on_signal(self, signum: int) -> None:
+        hint = " (press Ctrl-C again to exit at once without saving)" if signum == signal.SIGINT else ""
         self.log.warning(f"received {signal_name(signum)}: finishing iteration {self.iteration + 1}, then saving "
-                         f"and stopping (press Ctrl-C again to exit at once without saving)")
+                         f"and stopping{hint}")
 
     def _agree_stop(self, stop: StopSignals) -> bool:
         """True on every rank when any rank was asked to stop (all ranks stop at the same iteration)."""
@@ -534,8 +536,6 @@ class Trainer:
     def _stop_now(self, signum: int | None, progress) -> None:
         """Save and raise TrainingStopped. signum None: another rank received the signal (reported as
         SIGTERM, a termination request)."""
-        import signal
-
         self._save_logged(progress)
         raise TrainingStopped(self.iteration, self.max_iter, signal.SIGTERM if signum is None else signum,
                               os.path.join(ckpt_lib.checkpoint_dir(self.output_dir), ckpt_lib.LAST))

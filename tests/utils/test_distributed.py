@@ -1,9 +1,12 @@
 """utils/distributed.py: single-process no-ops, and a real 2-process gloo group (collectives + sharded
-evaluation equal to the single-process evaluation)."""
+evaluation equal to the single-process evaluation); the environment helpers, one-line error reports,
+and a gloo collective that times out instead of hanging when a rank never joins it."""
+import io
 import json
 import os
 import socket
 import sys
+import time
 
 import pytest
 import torch
@@ -25,8 +28,72 @@ def test_single_process_defaults(monkeypatch):
     assert D.all_reduce_sum(t) is t and t.tolist() == [1.5, 2.0]
     assert D.all_gather_object({"a": 1}) == [{"a": 1}]
     assert D.broadcast_object("x") == "x"
+    assert D.any_rank(True) is True and D.any_rank(False) is False
     D.barrier()
     D.cleanup_distributed()
+
+
+def test_environment_helpers(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    assert (D.env_rank(), D.env_world_size(), D.is_main_process_env(), D.elastic_restart_count()) == (0, 1, True, 0)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert (D.env_rank(), D.env_world_size(), D.is_main_process_env(), D.elastic_restart_count()) == (3, 4, False, 2)
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(RuntimeError, match="RANK='x'"):
+        D.env_rank()
+
+
+def test_errors_every_rank_hits_are_printed_once(monkeypatch):
+    """A config error (all ranks alike) is printed by rank 0 only; a rank-local error (its data shard) by
+    that rank, naming rank and host; always one line."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    buf = io.StringIO()
+    assert D.report_error("bad key 'lr'\n  in config.yml", file=buf)
+    assert buf.getvalue() == "error: bad key 'lr' in config.yml\n"
+    assert D.format_error("cannot read a.png", same_on_all_ranks=False) == \
+        f"error: [rank 0 on {socket.gethostname()}] cannot read a.png"
+    monkeypatch.setenv("RANK", "2")
+    buf = io.StringIO()
+    assert not D.report_error("bad key 'lr'", file=buf) and buf.getvalue() == ""
+    assert D.report_error("cannot read a.png", same_on_all_ranks=False, file=buf)
+    assert buf.getvalue() == f"error: [rank 2 on {socket.gethostname()}] cannot read a.png\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert D.format_error("cannot read a.png", same_on_all_ranks=False) == "error: cannot read a.png"
+
+
+def test_warning_for_restarts_with_the_shared_rendezvous_store(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # what torchrun exports by default
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in D.elastic_store_warning()
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")  # no restarts: nothing can go wrong
+    assert D.elastic_store_warning() is None
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    assert D.elastic_store_warning() is None
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")  # not under torchrun
+    assert D.elastic_store_warning() is None
+
+
+def test_timeout_is_checked_and_nccl_gets_async_error_handling(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for bad in (0, -1, "soon"):
+        with pytest.raises(RuntimeError, match="dist_timeout_minutes"):
+            D.init_distributed(device="cpu", timeout_minutes=bad)
+    assert D.DEFAULT_TIMEOUT_MINUTES == 30.0
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    D._prepare_backend_env("gloo")
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
+    D._prepare_backend_env("nccl")
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # the user's choice is kept
+    D._prepare_backend_env("nccl")
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
 
 
 def test_bad_environment_is_explained(monkeypatch):
@@ -61,6 +128,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, repo: str) -> None:
     dist_utils.all_reduce_sum(t)
     gathered = dist_utils.all_gather_object({"rank": rank})
     bcast = dist_utils.broadcast_object(f"from {rank}")
+    anyr = [dist_utils.any_rank(rank == world - 1), dist_utils.any_rank(False)]
     # each rank evaluates its own shard (batches rank::world); the estimate subset must be picked globally
     full = _evaluator("PASCALContext", PASCAL_TASKS)
     est = _evaluator("PASCALContext", PASCAL_TASKS, max_images=3, estimate=True)
@@ -70,7 +138,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, repo: str) -> None:
         est.update(pred, batch)
     for ev in (full, est):
         ev.synchronize()
-    res = {"sum": t.tolist(), "gathered": gathered, "bcast": bcast, "full": full.compute(), "est": est.compute()}
+    res = {"sum": t.tolist(), "gathered": gathered, "bcast": bcast, "any": anyr, "full": full.compute(), "est": est.compute()}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(res, f)
     dist_utils.cleanup_distributed()
@@ -85,6 +153,7 @@ def test_two_process_gloo_group_and_sharded_evaluation(tmp_path, repo_root):
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["sum"] == r1["sum"] == [3.0, 10.0]
     assert r0["gathered"] == [{"rank": 0}, {"rank": 1}] and r1["bcast"] == "from 0"
+    assert r0["any"] == r1["any"] == [True, False]  # rank 1's flag reaches rank 0
     assert r0["full"] == r1["full"] and r0["est"] == r1["est"]  # every rank gets the result
     full = _evaluator("PASCALContext", PASCAL_TASKS)
     est = _evaluator("PASCALContext", PASCAL_TASKS, max_images=3, estimate=True)
@@ -100,3 +169,43 @@ def test_two_process_gloo_group_and_sharded_evaluation(tmp_path, repo_root):
                 assert r0["full"][t][k] == v, (t, k)
             else:
                 assert r0["full"][t][k] == pytest.approx(v, rel=1e-12, abs=1e-12), (t, k)
+
+
+TIMEOUT_MIN = 0.04  # 2.4 s
+
+
+def _timeout_worker(rank: int, world: int, port: int, out_dir: str, repo: str) -> None:
+    """Rank 0 enters an all-reduce that rank 1 never joins; rank 1 stays alive (no connection reset) until
+    rank 0 has reported, so what ends rank 0's wait can only be the timeout."""
+    sys.path.insert(0, repo)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    import utils.distributed as dist_utils
+
+    dist_utils.init_distributed(device="cpu", timeout_minutes=TIMEOUT_MIN)
+    report = os.path.join(out_dir, "rank0.json")
+    if rank == 0:
+        t0 = time.monotonic()
+        try:
+            dist_utils.all_reduce_sum(torch.ones(1))
+            outcome = "returned"
+        except RuntimeError as err:
+            outcome = f"raised: {err}"
+        with open(report + ".tmp", "w") as f:
+            json.dump({"outcome": outcome, "seconds": time.monotonic() - t0}, f)
+        os.replace(report + ".tmp", report)
+    else:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(report) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    dist.destroy_process_group()
+
+
+def test_gloo_collective_times_out_instead_of_hanging(tmp_path, repo_root):
+    tmp_mp.spawn(_timeout_worker, args=(2, _free_port(), str(tmp_path), str(repo_root)), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    assert r0["outcome"].startswith("raised"), r0
+    assert TIMEOUT_MIN * 60 * 0.9 <= r0["seconds"] < 60, r0
