@@ -9,11 +9,12 @@ truth: the metrics JSON is written too). Writes under --output:
                               edges as 8-bit grey; normals as RGB (n+1)/2; depth as 16-bit millimetres
     depth_color/<name>.png    depth colormap (depth tasks only)
     overview/<name>.png       input | (ground truth) | prediction per task, side by side; shrunk so that its
-                              longer side is at most engine.inference.OVERVIEW_MAX_SIDE (4096) pixels
+                              longer side is at most engine.pictures.OVERVIEW_MAX_SIDE (4096) pixels
     metrics.json              split inputs only: the full evaluation protocol (over the readable samples)
 Runs on CUDA when available (else CPU; --device cpu, cuda, cuda:N or mps to choose), batched (--batch_size),
 with a progress bar; --seed fixes the diffusion sampling noise (per image, so results do not depend on the
-batch size).
+batch size). Predictions take the path evaluation takes (engine.predict.run_predictions), so the files
+are those that metrics.json scores.
 
 The arguments, the config, the device, the output folder, the inputs and the checkpoint are checked in that
 order before any prediction, so a job that cannot finish fails in seconds. An unreadable input (a corrupt,
@@ -30,7 +31,6 @@ Exit status:
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import time
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     from data import DatasetError
     from engine.inference import InferenceError, one_line
     from utils.checkpoint import CheckpointError
-    from utils.cli import fail, load_cli_config
+    from engine.cli import load_cli_config
+    from utils.cli import fail
 
     cfg = load_cli_config(args)
     if cfg is None:
@@ -81,37 +82,34 @@ def check_counts(args) -> None:
 
 
 def build_inputs(cfg, args):
-    """(dataset, collate, evaluator or None, what one input is called); unreadable samples become markers."""
+    """(dataset, collate, metrics sink or None, what one input is called); unreadable samples become markers."""
     from data.sample_errors import CatchSampleErrors, collate_catching
     from engine.inference import ImageFolder, collate_images, list_images
 
     if not args.input.startswith("split:"):
         return ImageFolder(list_images(args.input), cfg), collate_catching(collate_images), None, "images"
     from data import build_dataset, build_transforms, collate_fn
+    from engine.sinks import MetricsSink
     from evaluation import build_evaluator
     from utils.logger import interactive
 
     split = args.input.split(":", 1)[1]
     ds = build_dataset(cfg, split, transform=build_transforms(cfg, "val"))
-    evaluator = build_evaluator(cfg, full_edge=True, progress=interactive())
-    evaluator.reset()
-    return CatchSampleErrors(ds), collate_catching(collate_fn), evaluator, "samples"
+    metrics = MetricsSink(build_evaluator(cfg, full_edge=True, progress=interactive()))
+    return CatchSampleErrors(ds), collate_catching(collate_fn), metrics, "samples"
 
 
 def load_model(cfg, args, device):
-    """The trained model; passes trusted= when utils.cli.load_trained_model accepts it."""
-    from utils.cli import load_trained_model
+    """The trained model (a checkpoint needing a full unpickle only with --trust_checkpoint)."""
+    from engine.cli import load_trained_model
 
-    kwargs = {}
-    if "trusted" in inspect.signature(load_trained_model).parameters:
-        kwargs["trusted"] = bool(getattr(args, "trust_checkpoint", False))
-    return load_trained_model(cfg, args.trained_model, device, **kwargs)
+    return load_trained_model(cfg, args.trained_model, device, trusted=bool(args.trust_checkpoint))
 
 
 def run(cfg, args) -> int:
     """Check everything that can be checked, then predict batch by batch; returns the exit status."""
     from data.tasks import task_infos
-    from engine.inference import output_subfolders, prepare_output_dir, resolve_device
+    from engine.inference import input_label, output_subfolders, prepare_output_dir, resolve_device
     from utils.logger import setup_logger
 
     setup_logger(None)
@@ -120,85 +118,82 @@ def run(cfg, args) -> int:
     infos = task_infos(cfg.db_name, cfg.TASKS.NAMES)
     out_dir = os.path.abspath(args.output or os.path.join(cfg.output_dir, "inference"))
     prepare_output_dir(out_dir, output_subfolders(infos))
-    ds, collate, evaluator, what = build_inputs(cfg, args)
+    ds, collate, metrics, what = build_inputs(cfg, args)
     model = load_model(cfg, args, device)
-    job = predict_all(cfg, args, model, device, ds, collate, evaluator, infos, out_dir)
-    if evaluator is not None:
-        write_metrics(cfg, args, evaluator, job, out_dir)
-    return report_failures(job, len(ds), what, evaluator is not None)
+    done = predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir)
+    failed = [(input_label(ds, f.index), f.message) for f in done.failed]
+    if metrics is not None:
+        write_metrics(cfg, args, metrics, done.count, failed, out_dir)
+    return report_failures(failed, done.count, len(ds), what, metrics is not None)
 
 
-def predict_all(cfg, args, model, device, ds, collate, evaluator, infos, out_dir):
-    """Run every readable batch through the model and write its outputs; returns the PredictionJob."""
+def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
+    """Run every readable batch through the shared prediction path into the per-task PNGs, the overviews
+    and (split inputs) the metrics; returns the engine.predict.PredictionRun."""
     from torch.utils.data import DataLoader
 
-    from engine.inference import InferenceError, PredictionJob, predict_batch
-    from utils.config import bf16_autocast
+    from engine.inference import GuardWrites, input_label
+    from engine.predict import run_predictions
+    from engine.sinks import PredictionPNGSink, VisualGridSink
+    from utils.precision import bf16_autocast
     from utils.logger import Progress, get_logger
 
     log = get_logger()
     seed = int(cfg.seed if args.seed is None else args.seed)
     bs = int(args.batch_size or cfg.valBatch)
     loader = DataLoader(ds, batch_size=bs, shuffle=False, num_workers=args.workers, collate_fn=collate)
-    job = PredictionJob(infos, out_dir, evaluator, dataset=ds)
+    overview = os.path.join(out_dir, "overview")
+    sinks = [GuardWrites([PredictionPNGSink(out_dir), VisualGridSink(folder=overview)], out_dir)]
     log.info(f"predicting {len(ds)} image(s) from {args.input} on {device} (batch {bs}, seed {seed}) -> {out_dir}")
     t0 = time.perf_counter()
-    progress = Progress(len(ds), desc="infer", every=max(1, len(ds) // 10))
-    try:
-        for batch in loader:
-            failed = job.take_failures(batch)
-            for name, reason in failed:
-                log.warning(f"skipped {name}: cannot be read ({reason})")
-            names = batch["meta"]["img_name"] if "image" in batch else []
-            if names:
-                pred = predict_batch(model, batch["image"].to(device), names, seed, amp=bf16_autocast(cfg, device))
-                try:
-                    job.process(batch, pred)
-                except OSError as err:
-                    raise InferenceError(f"output folder {out_dir}: writing the predictions failed "
-                                         f"({err.strerror or err}); free disk space or pass another --output") from None
-            progress.update(len(names) + len(failed))
-    finally:
-        progress.close()
-    log.info(f"wrote predictions of {job.count} image(s) in {time.perf_counter() - t0:.1f}s: "
-             f"{', '.join(os.path.join(out_dir, t) for t in infos)}, overviews in {os.path.join(out_dir, 'overview')}")
-    return job
+
+    def log_unreadable(records):
+        for f in records:
+            log.warning(f"skipped {input_label(ds, f.index)}: cannot be read ({f.message})")
+
+    run = run_predictions(model, loader, ([metrics] if metrics is not None else []) + sinks, tasks=infos,
+                          device=device, seed=seed, amp=bf16_autocast(cfg, device), data_errors="skip",
+                          progress=Progress(len(ds), desc="infer", every=max(1, len(ds) // 10)),
+                          on_unreadable=log_unreadable)
+    log.info(f"wrote predictions of {run.count} image(s) in {time.perf_counter() - t0:.1f}s: "
+             f"{', '.join(os.path.join(out_dir, t) for t in infos)}, overviews in {overview}")
+    return run
 
 
-def write_metrics(cfg, args, evaluator, job, out_dir) -> None:
-    """metrics.json over the readable samples (the unreadable ones are listed in it); none without any."""
+def write_metrics(cfg, args, metrics, count: int, failed: list, out_dir) -> None:
+    """metrics.json over the `count` readable samples (the unreadable ones, (name, reason) pairs, are listed
+    in it); none without any."""
     from engine.evaluator import compute_delta_m, metric_table, to_plain, write_json_atomic
     from utils.logger import get_logger
 
     log = get_logger()
-    if job.count == 0:
+    if count == 0:
         log.warning("no sample could be read: metrics.json is not written")
         return
-    evaluator.synchronize()
-    results = to_plain(evaluator.compute())
+    results = to_plain(metrics.compute())
     dm = compute_delta_m(results, cfg.get("delta_m_reference"), cfg)
     seed = int(cfg.seed if args.seed is None else args.seed)
     payload = {"checkpoint": os.path.abspath(args.trained_model), "input": args.input, "seed": seed,
-               "num_images": job.count, "protocol": "full", "results": results, "delta_m": dm}
-    if job.failed:
-        payload["unreadable"] = [{"name": n, "reason": r} for n, r in job.failed]
+               "num_images": count, "protocol": "full", "results": results, "delta_m": dm}
+    if failed:
+        payload["unreadable"] = [{"name": n, "reason": r} for n, r in failed]
     path = write_json_atomic(os.path.join(out_dir, "metrics.json"), payload)
     log.info("\n" + metric_table(results, cfg, dm) + f"\nmetrics: {path}")
 
 
-def report_failures(job, total: int, what: str, split: bool) -> int:
+def report_failures(failed: list, count: int, total: int, what: str, split: bool) -> int:
     """The one summary line for unreadable inputs; EXIT_UNREADABLE if any, else EXIT_OK."""
     from engine.inference import failure_summary
     from utils.cli import fail
 
-    if not job.failed:
+    if not failed:
         return EXIT_OK
     if split:
         advice = ("fix or regenerate those dataset files and run again; metrics.json covers the "
-                  f"{job.count} readable sample(s) only")
+                  f"{count} readable sample(s) only")
     else:
-        advice = f"the other {job.count} image(s) are written; fix or remove those files and run again for them"
-    fail(failure_summary(job.failed, total, what, advice))
+        advice = f"the other {count} image(s) are written; fix or remove those files and run again for them"
+    fail(failure_summary(failed, total, what, advice))
     return EXIT_UNREADABLE
 
 

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace):
     """Load and validate the config with the command-line overrides; ConfigError propagates."""
-    from utils.config import load_config
+    from engine.config import load_config
 
     opts = list(args.opts)
     if args.seed is not None:

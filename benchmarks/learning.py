@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import git_commit, machine_description  # noqa: E402
+from data.datasets import dataset_spec  # noqa: E402
 from data.tasks import TASK_ORDER, task_infos  # noqa: E402
+from evaluation.delta import delta_m as evaluation_delta_m  # noqa: E402
 
 DATASETS = {
     "pascal": ("configs/demo/synthetic_pascal.yml", "PASCALContext"),
@@ -40,7 +43,7 @@ DATASETS = {
 
 def ensure_data(dataset: str, root: Path, n_train: int, n_val: int, size=None) -> None:
     """Generate the fixed synthetic set once (seed 0); an existing one under `root` is reused as is."""
-    folder = root / ("PASCALContext" if dataset == "pascal" else "NYUDv2")
+    folder = root / dataset_spec(DATASETS[dataset][1]).folder
     if folder.exists():
         return
     cmd = [sys.executable, "-m", "data.synthetic", "--dataset", dataset, "--out", str(root),
@@ -80,8 +83,9 @@ def parse_variant(text: str) -> Arm:
 
 def final_metrics(run_dir: Path) -> dict:
     """'results' of the run's last metrics file (training's final evaluation, or an infer run's)."""
-    folder = run_dir / "metrics"
-    files = sorted(folder.glob("metrics_iter*.json")) or sorted(folder.glob("metrics_infer_iter*.json"))
+    folder = run_dir / "metrics"  # an infer run (main.py --run_mode infer) writes into <run>/infer_<checkpoint>/
+    files = sorted(folder.glob("metrics_iter*.json")) or sorted(run_dir.glob("infer_*/metrics/metrics_infer_iter*.json"),
+                                                               key=lambda p: p.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"no metrics JSON under {folder}: did the run finish?")
     data = json.loads(files[-1].read_text())
@@ -132,14 +136,16 @@ def headline(metrics: dict, db_name: str, tasks) -> dict:
 
 
 def delta_m(values: dict, reference: dict, db_name: str) -> float:
-    terms = []
-    for task, info in task_infos(db_name, list(values)).items():
-        v, r = values[task], reference[task]
-        if v is None or r in (None, 0):
-            continue
-        sign = 1.0 if info.higher_is_better else -1.0
-        terms.append(sign * (v - r) / r * 100.0)
-    return sum(terms) / max(len(terms), 1)
+    """Delta_m (evaluation/delta.py) of headline values {task: value} against {task: value}, over the tasks
+    that have a value and a usable (non-zero, finite) reference; 0.0 when none has."""
+    infos = task_infos(db_name, list(values))
+    tasks = [t for t in infos if values[t] is not None and reference[t] is not None
+             and reference[t] != 0 and math.isfinite(reference[t])]
+    if not tasks:
+        return 0.0
+    as_results = {t: {infos[t].metric: values[t]} for t in tasks}
+    as_reference = {t: {infos[t].metric: reference[t]} for t in tasks}
+    return evaluation_delta_m(as_results, as_reference, db_name, tasks)
 
 
 def main(argv=None) -> int:

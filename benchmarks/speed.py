@@ -85,7 +85,7 @@ def build(config_name: str, model_kind: str, device: torch.device, size=None):
     """Config + model (random weights) + criterion; `size` (H, W) overrides the crop."""
     from losses import build_criterion
     from models import build_model
-    from utils.config import load_config
+    from engine.config import load_config
 
     opts = ["backbone_weights=null", f"model={model_kind}", "drop_path_rate=0.0"]
     if size:
@@ -196,10 +196,8 @@ def bench_group(config_name, model_kind, variants, batch, device, args, ref_pred
     gen = torch.Generator().manual_seed(0)
     images = torch.randn((batch, 3, h, w), generator=gen).to(device)
     targets = random_targets(cfg, batch, (h, w), device, gen)
-    noise = None
-    if model_kind != "baseline":
-        noise = torch.randn((batch * model.heads.randsteps, model.heads.noisy_channels, h // 16, w // 16),
-                            generator=gen).to(device)
+    # the model's own per-image starting noise (None for the baseline), fixed so every variant sees the same
+    noise = model.initial_noise(images, [f"bench{i}" for i in range(batch)], seed=0)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)

@@ -1,8 +1,9 @@
-"""Datasets, transforms and loaders for PASCAL-Context and NYUD-v2 (spec §1, §2).
+"""Datasets, transforms and loaders for PASCAL-Context, NYUD-v2 and registered plug-in datasets (spec §1, §2).
 
 Public API:
-  build_dataset(cfg, split, transform=None)   the reader of cfg.db_name; transform=None → the default
-                                              pipeline of the split, transform=False → raw samples
+  build_dataset(cfg, split, transform=None)   the reader of cfg.db_name (its DatasetSpec, data/datasets.py);
+                                              transform=None → the default pipeline of the split,
+                                              transform=False → raw samples
   build_transforms(cfg, split, seed=None)     train (random) or val pipeline at cfg.TRAIN/TEST.SCALE
   build_dataloader(cfg, split, ...)           DataLoader with per-worker/per-rank seeding
   collate_fn(samples)                         stacks tensors; meta → {img_name: list, img_size: list}
@@ -12,34 +13,31 @@ Heavy imports (torch, OpenCV, scipy) happen inside the functions, so `import dat
 """
 from __future__ import annotations
 
+from utils.config import cfg_get
+
 from .common import DatasetError
 
 __all__ = ["DatasetError", "build_dataset", "build_transforms", "build_dataloader", "collate_fn",
-           "worker_init_fn", "ignore_stop_signals", "split_seed"]
+           "worker_init_fn", "split_seed"]
 
 TRAIN_SPLITS = ("train",)
 
 
-def _get(cfg, key, default=None):
-    """cfg.key for EasyDict/dict configs, with a default when absent or None."""
-    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if val is None else val
-
-
 def _db_name(cfg) -> str:
-    from .tasks import DATASETS
+    """cfg.db_name (else train_db_name), which must be a registered dataset (DatasetError listing them)."""
+    from .datasets import dataset_spec
 
-    name = _get(cfg, "db_name") or _get(cfg, "train_db_name")
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r} (cfg.db_name); known datasets: {', '.join(DATASETS)}")
-    return name
+    return dataset_spec(cfg_get(cfg, "db_name") or cfg_get(cfg, "train_db_name")).name
 
 
 def _tasks(cfg, db_name) -> list:
-    from .tasks import available_tasks
+    from .tasks import DATASETS, available_tasks
 
-    tasks_cfg = _get(cfg, "TASKS", {})
-    names = list(_get(tasks_cfg, "NAMES", []) or [])
+    if db_name not in DATASETS:
+        raise DatasetError(f"dataset {db_name!r} has no tasks registered; register each with "
+                           f"data.tasks.register_task(task, {db_name!r})")
+    tasks_cfg = cfg_get(cfg, "TASKS", {})
+    names = list(cfg_get(tasks_cfg, "NAMES", []) or [])
     if not names:
         raise DatasetError("cfg.TASKS.NAMES is empty: enable at least one task (task_dictionary.include_<task>)")
     have = available_tasks(db_name)
@@ -53,10 +51,10 @@ def _tasks(cfg, db_name) -> list:
 
 
 def _scale(cfg, split, db_name):
-    from .tasks import DEFAULT_SCALE
+    from .datasets import dataset_spec
 
-    section = _get(cfg, "TRAIN" if split in TRAIN_SPLITS else "TEST", {})
-    scale = _get(section, "SCALE", DEFAULT_SCALE[db_name])
+    section = cfg_get(cfg, "TRAIN" if split in TRAIN_SPLITS else "TEST", {})
+    scale = cfg_get(section, "SCALE", dataset_spec(db_name).crop_size)
     if len(scale) != 2 or min(int(scale[0]), int(scale[1])) <= 0:
         where = "TRAIN" if split in TRAIN_SPLITS else "TEST"
         raise DatasetError(f"cfg.{where}.SCALE must be [H, W] with H, W > 0, got {scale!r}")
@@ -98,32 +96,34 @@ def build_transforms(cfg, split: str, seed=None):
     tasks = _tasks(cfg, db_name)
     size = _scale(cfg, split, db_name)
     if split in TRAIN_SPLITS:
-        return train_transforms(db_name, tasks, size, seed=seed if seed is not None else _get(cfg, "seed", 0))
+        return train_transforms(db_name, tasks, size, seed=seed if seed is not None else cfg_get(cfg, "seed", 0))
     return val_transforms(db_name, tasks, size)
 
 
 def build_dataset(cfg, split: str, transform=None, cache_dir=None):
     """The reader of cfg.db_name for `split` at cfg.db_root, with the enabled tasks of cfg.TASKS.NAMES.
 
+    The reader is the dataset's DatasetSpec.reader, built as reader(root, split, tasks, transform=...,
+    **extra): root is the dataset folder <db_root>/<spec.folder> (checked here first), extra holds the
+    config values named by spec.reader_config (the cache_dir argument overrides a "cache_dir" one).
     transform: None → build_transforms(cfg, split); False → none (raw numpy samples); else a callable.
     """
     from .common import resolve_dataset_dir
+    from .datasets import dataset_spec
+    from .tasks import resolve
 
     db_name = _db_name(cfg)
     tasks = _tasks(cfg, db_name)
-    root = resolve_dataset_dir(db_name, _get(cfg, "db_root"))  # fails early with the full help text
+    root = resolve_dataset_dir(db_name, cfg_get(cfg, "db_root"))  # fails early with the full help text
     if transform is None:
         transform = build_transforms(cfg, split)
     elif transform is False:
         transform = None
-    if db_name == "PASCALContext":
-        from .pascal_context import PASCALContext
-
-        return PASCALContext(root, split, tasks, transform=transform,
-                             cache_dir=cache_dir or _get(cfg, "data_cache_dir"))
-    from .nyud import NYUD
-
-    return NYUD(root, split, tasks, transform=transform)
+    spec = dataset_spec(db_name)
+    given = {"cache_dir": cache_dir} if cache_dir else {}
+    extra = {kw: given.get(kw, cfg_get(cfg, key)) for kw, key in spec.reader_config}
+    reader = resolve(spec.reader)
+    return reader(root, split, tasks, transform=transform, **{k: v for k, v in extra.items() if v is not None})
 
 
 def collate_fn(samples):
@@ -162,24 +162,9 @@ def collate_fn(samples):
     return batch
 
 
-def ignore_stop_signals() -> None:
-    """In a DataLoader worker: ignore Ctrl-C (SIGINT), SIGTERM and SIGUSR1.
-
-    Why: a terminal's Ctrl-C and a cluster's pre-emption signal reach every process of the job, workers
-    included. The main process finishes its step, saves and then shuts the workers down itself; a worker
-    that died on the signal first would make that last step fail with "DataLoader worker exited
-    unexpectedly". Workers still exit when the main process dies (the DataLoader's parent watchdog)."""
-    import signal
-
-    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
-
-
 def worker_init_fn(worker_id: int) -> None:
     """Seed a DataLoader worker from torch's per-worker seed (base seed from the loader's generator + id),
-    and leave stop signals to the main process (`ignore_stop_signals`).
+    and leave stop signals to the main process (utils/signals.py).
 
     The loader's generator is seeded from (cfg.seed, rank), so every worker of every rank gets its own
     reproducible stream: Python `random` (the transforms), numpy and the dataset's pipeline.
@@ -188,6 +173,8 @@ def worker_init_fn(worker_id: int) -> None:
 
     import numpy as np
     import torch
+
+    from utils.signals import ignore_stop_signals
 
     ignore_stop_signals()
 
@@ -237,9 +224,9 @@ def build_dataloader(cfg, split: str, distributed: bool = False, shuffle=None, b
     train = split in TRAIN_SPLITS
     shuffle = train if shuffle is None else shuffle
     drop_last = train if drop_last is None else drop_last
-    batch_size = int(batch_size or _get(cfg, "trBatch" if train else "valBatch", 1))
-    workers = int(num_workers if num_workers is not None else _get(cfg, "nworkers", 0))
-    seed = int(_get(cfg, "seed", 0))
+    batch_size = int(batch_size or cfg_get(cfg, "trBatch" if train else "valBatch", 1))
+    workers = int(num_workers if num_workers is not None else cfg_get(cfg, "nworkers", 0))
+    seed = int(cfg_get(cfg, "seed", 0))
     if dataset is None:
         dataset = build_dataset(cfg, split)
 

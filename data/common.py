@@ -1,8 +1,9 @@
-"""Shared pieces of the dataset readers: the error type, file decoding, size checks, cache folders.
+"""Shared pieces of the dataset readers: the missing-root help, file decoding, size checks, cache folders.
 
 Everything here turns a low-level failure (a missing file, a truncated PNG, an unreadable .mat) into a
 `DatasetError` that names the file and the sample id, because a bare `FileNotFoundError` from a worker
 process deep inside a DataLoader tells the user nothing about which of 10 000 samples is broken.
+(`DatasetError` itself lives in data/errors.py and is importable from here as before.)
 """
 from __future__ import annotations
 
@@ -14,61 +15,51 @@ from pathlib import Path
 
 import numpy as np
 
-# Where each canonical dataset name lives under db_root, and where its tarball comes from.
-DATASET_FOLDERS = {"PASCALContext": "PASCALContext", "NYUD": "NYUDv2"}
-TARBALLS = {"PASCALContext": "PASCALContext.tar.gz", "NYUD": "NYUDv2.tar.gz"}
-ATRC_URL = "https://data.vision.ee.ethz.ch/brdavid/atrc/"  # where ATRC's README points for the tarballs
-SYNTHETIC_NAMES = {"PASCALContext": "pascal", "NYUD": "nyud"}
+from .datasets import dataset_spec, spec_view
+from .errors import DatasetError
 
-# Short trees of the expected on-disk layouts (spec §1.2, §1.3), shown when the folder is missing.
-LAYOUTS = {
-    "PASCALContext": """\
-<db_root>/PASCALContext/
-    ImageSets/Context/{train,val}.txt     one image id per line
-    JPEGImages/<id>.jpg                   RGB input
-    semseg/VOC12/<id>.png                 21-class labels (else semseg/pascal-context/<id>.png)
-    pascal-context/trainval/<id>.mat      LabelMap (459 context classes): edges, normals mask
-    human_parts/<id>.mat                  PASCAL-Part `anno` struct
-    normals_distill/<id>.png              RGB normals
-    sal_distill/<id>.png                  grayscale saliency""",
-    "NYUD": """\
-<db_root>/NYUDv2/
-    gt_sets/{train,val}.txt               one image id per line
-    images/<id>.png                       RGB input
-    segmentation/<id>.png                 0 = unlabeled, 1..40 = NYU-40 classes
-    depth/<id>.npy                        metres, 0 = invalid
-    normals/<id>.png                      RGB normals
-    edge/<id>.png                         0/255 boundaries""",
-}
-
-
-class DatasetError(Exception):
-    """A dataset cannot be read: the message says which path, which sample and what to do."""
+# {dataset name: folder under db_root}, a live view of the registry (data/datasets.py) for older imports.
+DATASET_FOLDERS = spec_view("folder")
 
 
 def missing_root_message(db_name: str, looked_at: Path) -> str:
-    """The full help text for a missing dataset folder: where we looked, what should be there, how to fix."""
-    folder = DATASET_FOLDERS[db_name]
-    return (
-        f"{db_name} dataset not found: looked for the folder {looked_at}\n"
-        f"Expected layout:\n{LAYOUTS[db_name]}\n"
-        f"Get it from ATRC's data release (linked from https://github.com/brdav/atrc): download "
-        f"{ATRC_URL}{TARBALLS[db_name]} and extract it (tar xzf) inside a root folder, so that "
-        f"<root>/{folder}/ exists.\n"
-        f"Set the root (the folder that CONTAINS {folder}/) in one of three ways, highest priority first:\n"
-        f"  1. the command-line flag  --data_root /path/to/root\n"
-        f"  2. the environment variable  TASKDIFFUSION_DATA=/path/to/root\n"
-        f"  3. the config key  db_root: /path/to/root\n"
-        f"For a quick try without the real data, write a synthetic set in the same layout:\n"
-        f"  python -m data.synthetic --dataset {SYNTHETIC_NAMES[db_name]} --out /path/to/root"
-    )
+    """The full help text for a missing dataset folder: where we looked, what should be there, how to fix.
+
+    The dataset's own part (description, layout, download, synthetic look-alike) comes from its
+    DatasetSpec, so a registered plug-in dataset gets the same help."""
+    spec = dataset_spec(db_name)
+    folder = spec.folder
+    lines = [f"{db_name} dataset not found: looked for the folder {looked_at}"]
+    if spec.description:
+        lines.append(f"{db_name}: {spec.description}")
+    if spec.layout:
+        lines.append(f"Expected layout:\n{spec.layout}")
+    lines.append(spec.download or f"Put the dataset inside a root folder, so that <root>/{folder}/ exists.")
+    from .commands import cli_name  # the datasets that the download/verify commands know
+
+    cli = cli_name(db_name)
+    if cli:
+        lines += [
+            "Or let the framework download, check and unpack it (resumable, safe extraction):",
+            f"  python -m data.download --dataset {cli} --root /path/to/root",
+            "and check a copy you already have (--deep also decodes every file):",
+            f"  python -m data.verify --dataset {cli} --root /path/to/root",
+        ]
+    lines += [
+        f"Set the root (the folder that CONTAINS {folder}/) in one of three ways, highest priority first:",
+        "  1. the command-line flag  --data_root /path/to/root",
+        "  2. the environment variable  TASKDIFFUSION_DATA=/path/to/root",
+        "  3. the config key  db_root: /path/to/root",
+    ]
+    if spec.synthetic:
+        lines += ["For a quick try without the real data, write a synthetic set in the same layout:",
+                  f"  python -m data.synthetic --dataset {spec.synthetic} --out /path/to/root"]
+    return "\n".join(lines)
 
 
 def resolve_dataset_dir(db_name: str, db_root) -> Path:
-    """`<db_root>/<folder>` for a canonical dataset name; also accepts the dataset folder itself as root."""
-    if db_name not in DATASET_FOLDERS:
-        raise DatasetError(f"unknown dataset {db_name!r}; known: {', '.join(DATASET_FOLDERS)}")
-    folder = DATASET_FOLDERS[db_name]
+    """`<db_root>/<folder>` for a registered dataset name; also accepts the dataset folder itself as root."""
+    folder = dataset_spec(db_name).folder  # an unknown name is a DatasetError listing the known ones
     if db_root is None or str(db_root) == "":
         raise DatasetError(missing_root_message(db_name, Path("<no data root set>") / folder))
     root = Path(os.path.expanduser(str(db_root)))

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.visualization import voc_palette
+
 from .common import DATASET_FOLDERS
 
 GENERATOR_VERSION = 1
@@ -562,20 +564,6 @@ def _anno_struct(imname: str, records) -> np.ndarray:
     return anno
 
 
-def _voc_palette():
-    """The standard VOC bit-interleaved colormap (palette PNGs like the real VOC12 labels)."""
-    pal = np.zeros((256, 3), np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal.reshape(-1).tolist()
-
-
 MAT_HEADER = b"MATLAB 5.0 MAT-file, written by taskdiffusion data.synthetic"
 
 
@@ -692,7 +680,7 @@ def generate(dataset: str, out, n_train: int, n_val: int, seed: int = 0, size=No
     for folder in FOLDERS[dataset]:
         (tmp / folder).mkdir(parents=True, exist_ok=True)
     writer = _write_pascal if dataset == "pascal" else _write_nyud
-    palette = _voc_palette()
+    palette = voc_palette().reshape(-1).tolist()  # palette PNGs like the real VOC12 labels
     ids = {"train": [], "val": []}
     part_index = {"train": {}, "val": {}}
     indices = range(n_train + n_val)

@@ -1,18 +1,17 @@
-"""The one table of tasks: what each task is, per dataset, and the canonical task order.
+"""Tasks as objects: what each task is, per dataset, and the canonical task order.
 
-Every other module asks this table instead of testing task names. The canonical order fixes the
-channel concatenation order and the task-gating matrices (spec intro), so it must never follow the
-YAML order.
+A `Task` carries everything task-specific (labels, sample rule, loss, meter, post-processing, writer,
+pictures); every other module loops over the configured task objects and asks them, never testing a
+task's name. Adding a task = one `register_task(Task(...), datasets)` + the reader's label loading
+(`MultiTaskDataset.register_label`) + `include_<task>: true` and its loss weight in the config; see
+docs/extending.md. The canonical order fixes the channel concatenation order and the task-gating
+matrices, so it never follows the YAML order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-# Canonical order of all tasks (spec: "Task order matters").
-TASK_ORDER = ("semseg", "depth", "human_parts", "sal", "normals", "edge")
-
-# Canonical dataset names as written in configs (`train_db_name`, `val_db_name`).
-DATASETS = ("PASCALContext", "NYUD")
+from importlib import import_module
+from typing import Any
 
 PASCAL_SEMSEG_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -31,20 +30,53 @@ SAL_CLASSES = ("background", "salient")
 DEPTH_MIN, DEPTH_MAX = 0.0, 80.0
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """What one task is on one dataset.
+def resolve(ref):
+    """A component given as a callable, or as a "package.module:attr.attr" reference, imported on use.
 
-    kind: 'discrete' (classification per pixel, label ids) or 'continuous' (regression maps).
-    num_classes: K for discrete tasks, -1 for continuous ones (the original's convention).
-    num_outputs: decoder output channels (K for discrete tasks).
-    ignore_value: the ground-truth value that means "no label" (255, or 0 for depth).
-    embed_separately: the label embedding bypasses the shared `embed_all` fusion conv and is kept
+    Why references: a task names its loss (losses/), its meter (evaluation/) and such by reference, so
+    this low-level table does not import the packages above it; each of those packages resolves the
+    references it needs, in its own layer. A task defined elsewhere (a test, a user's plug-in) may pass
+    the callables themselves."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    obj = import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything task-specific, in one object: what the labels are, how predictions become labels
+    again, the loss, the metric meter, the post-processing, the prediction writer and the pictures.
+
+    Labels:
+      kind: 'discrete' (classification per pixel, label ids) or 'continuous' (regression maps).
+      num_classes: K for discrete tasks, -1 for continuous ones (the original's convention).
+      num_outputs: decoder output channels (K for discrete tasks).
+      ignore_value: the ground-truth value that means "no label" (255, or 0 for depth).
+      class_names: names of the classes (discrete tasks), for per-class metrics.
+    Model:
+      embed_separately: the label embedding bypasses the shared `embed_all` fusion conv and is kept
         as its own E channels of the noisy map (the original does this for saliency only).
-    metric / higher_is_better: the headline metric used for Delta_m and best-checkpoint selection.
-    sample_rule: how a prediction becomes a label again before DDIM re-embeds it (spec §4.9 step 4):
-        ('argmax',), ('threshold', p) (class 1 iff softmax prob > p), ('clamp', lo, hi),
-        ('sigmoid',) or ('l2',) (normalise over channels).
+      sample_rule: how a prediction becomes a label again before DDIM re-embeds it; also how it is
+        shown and written: ('argmax',), ('threshold', p) (class 1 iff softmax prob > p),
+        ('clamp', lo, hi), ('sigmoid',) or ('l2',) (normalise over channels); see docs/method.md.
+    Data pipeline (data/transforms.py):
+      pad_value: value of padded pixels (None: ignore_value); scale_divided: values shrink when the
+      image is enlarged (metric depth); flip_negate_x: channel 0 is an x component, negated on
+      horizontal flips (normals); invalid_rule: 'zero_vector' (all-zero vectors become ignore_value)
+      or 'all_background' (a map with no foreground label becomes all ignore_value), or None;
+      balances_crop: the random crop is redrawn while one of this task's classes dominates (semseg).
+    Training and evaluation (references resolved by the layer that uses them, see `resolve`):
+      loss: fn(pred B×K×H×W, gt B×C×H×W, **kwargs) -> scalar; it receives `ignore_index` when it
+        takes one, plus the config values named in loss_config ((kwarg, config key) pairs).
+      meter: factory(task, ctx) -> accumulator with update/merge/synchronize/compute (evaluation/);
+        ctx is evaluation.multitask.EvalContext.
+      postprocess: fn(raw B×K×H×W) -> the meter's input (labels, scores).
+      metric / higher_is_better: the headline metric for Delta_m and best-checkpoint selection.
+    Output (methods, overridable by subclasses): to_numpy, target_to_numpy, picture, write.
     """
 
     name: str
@@ -57,38 +89,150 @@ class TaskInfo:
     metric: str = ""
     higher_is_better: bool = True
     sample_rule: tuple = ("argmax",)
+    pad_value: float | None = None
+    scale_divided: bool = False
+    flip_negate_x: bool = False
+    invalid_rule: str | None = None
+    balances_crop: bool = False
+    loss: Any = "losses.task_losses:masked_cross_entropy"
+    loss_config: tuple = ()
+    meter: Any = "evaluation.segmentation:SegmentationMeter.for_task"
+    postprocess: Any = "evaluation.postprocess:segmentation_labels"
 
     @property
     def is_discrete(self) -> bool:
         return self.kind == "discrete"
 
+    @property
+    def padding(self) -> float:
+        return float(self.ignore_value if self.pad_value is None else self.pad_value)
 
-_TABLE = {
-    "PASCALContext": {
-        "semseg": TaskInfo("semseg", "discrete", 21, 21, 255, PASCAL_SEMSEG_CLASSES, metric="mIoU"),
-        "human_parts": TaskInfo("human_parts", "discrete", 7, 7, 255, HUMAN_PARTS_CLASSES, metric="mIoU"),
-        "sal": TaskInfo("sal", "discrete", 2, 2, 255, SAL_CLASSES, embed_separately=True, metric="maxF",
-                        sample_rule=("threshold", 0.85)),
-        "normals": TaskInfo("normals", "continuous", -1, 3, 255, metric="mean", higher_is_better=False,
-                            sample_rule=("l2",)),
-        "edge": TaskInfo("edge", "continuous", -1, 1, 255, metric="odsF", sample_rule=("sigmoid",)),
-    },
-    "NYUD": {
-        "semseg": TaskInfo("semseg", "discrete", 40, 40, 255, NYUD_SEMSEG_CLASSES, metric="mIoU"),
-        "depth": TaskInfo("depth", "continuous", -1, 1, 0, metric="rmse", higher_is_better=False,
-                          sample_rule=("clamp", DEPTH_MIN, DEPTH_MAX)),
-        "normals": TaskInfo("normals", "continuous", -1, 3, 255, metric="mean", higher_is_better=False,
-                            sample_rule=("l2",)),
-        "edge": TaskInfo("edge", "continuous", -1, 1, 255, metric="odsF", sample_rule=("sigmoid",)),
-    },
-}
+    # ---- output: arrays, pictures, files (default behaviour follows the sample rule) ----------------
+    def to_numpy(self, logits):
+        """Raw output K×H×W of one image -> the task's map: labels (H×W int), probabilities or values."""
+        from utils.visualization import prediction_to_numpy
 
-# Network input size (= crop size) per dataset, (H, W) (spec §2: TRAIN.SCALE = TEST.SCALE).
-DEFAULT_SCALE = {"PASCALContext": (512, 512), "NYUD": (448, 576)}
-# Edge positive weight per dataset (spec §6), used when the config does not set edge_w.
-DEFAULT_EDGE_W = {"PASCALContext": 0.95, "NYUD": 0.90}
-# Boundary matching tolerance relative to the image diagonal (spec §7.3).
-EDGE_MAX_DIST = {"PASCALContext": 0.0075, "NYUD": 0.011}
+        return prediction_to_numpy(self, logits)
+
+    def target_to_numpy(self, target):
+        """Ground truth C×H×W of one image -> (map like to_numpy's, valid mask H×W bool)."""
+        from utils.visualization import target_to_numpy
+
+        return target_to_numpy(self, target)
+
+    def picture(self, value, valid=None, **kw):
+        """A map of to_numpy / target_to_numpy -> H×W×3 uint8 picture (palette, colormap, grey)."""
+        from utils.visualization import task_picture
+
+        return task_picture(self, value, valid, **kw)
+
+    def write(self, folder: str, name: str, value) -> list:
+        """Write one image's prediction (a to_numpy map at the original size) under folder/<task>/;
+        returns the paths. Labels: indexed PNG with the VOC palette (pixel = class id); probabilities
+        and edges: 8-bit grey; depth: 16-bit PNG in millimetres plus a colormap; normals: RGB PNG."""
+        import os
+
+        import numpy as np
+
+        from utils import visualization as vis
+
+        path = os.path.join(folder, self.name, f"{name}.png")
+        rule = self.sample_rule[0]
+        if rule == "argmax":
+            return [vis.save_label_png(path, value)]
+        if rule in ("threshold", "sigmoid"):
+            return [vis.save_png(path, np.clip(value * 255.0, 0, 255).astype(np.uint8))]
+        if rule == "clamp":
+            color = os.path.join(folder, f"{self.name}_color", f"{name}.png")
+            return [vis.save_depth_png16(path, value), vis.save_png(color, vis.depth_to_color(value))]
+        if rule == "l2":
+            return [vis.save_png(path, vis.normals_to_rgb(value))]
+        raise ValueError(f"task {self.name}: no writer for sample rule {self.sample_rule!r}; override Task.write")
+
+    def output_folders(self) -> list:
+        """The folders `write` fills under the output folder."""
+        return [self.name] + ([f"{self.name}_color"] if self.sample_rule[0] == "clamp" else [])
+
+
+TaskInfo = Task  # the earlier name, kept for code and checkpoints' users that import it
+
+
+def _seg(name, classes, **kw) -> Task:
+    return Task(name, "discrete", len(classes), len(classes), 255, tuple(classes), metric="mIoU", **kw)
+
+
+_EDGE = dict(metric="odsF", sample_rule=("sigmoid",), loss="losses.task_losses:balanced_edge_bce",
+             loss_config=(("edge_w", "edge_w"),), meter="evaluation.edge_proxy:EdgeMeter.for_task",
+             postprocess="evaluation.postprocess:edge_scores")
+_NORMALS = dict(metric="mean", higher_is_better=False, sample_rule=("l2",), pad_value=0.0, flip_negate_x=True,
+                invalid_rule="zero_vector", loss="losses.task_losses:normalized_l1",
+                meter="evaluation.normals:NormalsMeter.for_task", postprocess="evaluation.postprocess:normals_scores")
+
+# Registered tasks per dataset, and the canonical order of all task names. The canonical order fixes
+# the channel concatenation order and the task-gating matrices, so it never follows the YAML order;
+# tasks registered later come after the built-in ones, in registration order.
+_TABLE: dict = {}
+TASK_ORDER: list = []
+DATASETS: list = []
+
+
+def register_task(task: Task, datasets, replace: bool = False) -> Task:
+    """Make `task` available on each dataset named in `datasets` (a name or a list of names).
+
+    A new task name is appended to the canonical order. Registering an existing (dataset, name) again
+    raises unless replace=True (two definitions of one task would silently change a model)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task expects a data.tasks.Task, got {type(task).__name__}")
+    for db in [datasets] if isinstance(datasets, str) else list(datasets):
+        table = _TABLE.setdefault(db, {})
+        if task.name in table and not replace and table[task.name] is not task:
+            raise ValueError(f"task {task.name!r} is already registered on {db}; pass replace=True to redefine it")
+        table[task.name] = task
+        if db not in DATASETS:
+            DATASETS.append(db)
+    if task.name not in TASK_ORDER:
+        TASK_ORDER.append(task.name)
+    return task
+
+
+def declared_tasks(attr: str, value=True) -> tuple:
+    """Names of the registered tasks (on any dataset) whose `attr` equals `value`, in canonical order:
+    the defaults of transforms built without an explicit task list."""
+    found = {t.name for table in _TABLE.values() for t in table.values() if getattr(t, attr) == value}
+    return tuple(n for n in TASK_ORDER if n in found)
+
+
+def unregister_task(name: str, datasets) -> None:
+    """Remove a task from datasets (tests and plug-ins that register temporarily)."""
+    for db in [datasets] if isinstance(datasets, str) else list(datasets):
+        _TABLE.get(db, {}).pop(name, None)
+    if not any(name in t for t in _TABLE.values()) and name in TASK_ORDER:
+        TASK_ORDER.remove(name)
+
+
+for _db, _classes in (("PASCALContext", PASCAL_SEMSEG_CLASSES), ("NYUD", NYUD_SEMSEG_CLASSES)):
+    register_task(_seg("semseg", _classes, balances_crop=True), _db)
+register_task(Task("depth", "continuous", -1, 1, 0, metric="rmse", higher_is_better=False,
+                   sample_rule=("clamp", DEPTH_MIN, DEPTH_MAX), scale_divided=True,
+                   loss="losses.task_losses:masked_l1", loss_config=(("ignore_invalid", "ignore_invalid_area_depth"),),
+                   meter="evaluation.depth:DepthMeter.for_task", postprocess="evaluation.postprocess:depth_values"),
+              "NYUD")
+register_task(_seg("human_parts", HUMAN_PARTS_CLASSES, invalid_rule="all_background"), "PASCALContext")
+register_task(Task("sal", "discrete", 2, 2, 255, SAL_CLASSES, embed_separately=True, metric="maxF",
+                   sample_rule=("threshold", 0.85), loss="losses.task_losses:balanced_saliency_ce",
+                   meter="evaluation.saliency:SaliencyMeter.for_task",
+                   postprocess="evaluation.postprocess:saliency_scores"), "PASCALContext")
+register_task(Task("normals", "continuous", -1, 3, 255, **_NORMALS), ("PASCALContext", "NYUD"))
+register_task(Task("edge", "continuous", -1, 1, 255, **_EDGE), ("PASCALContext", "NYUD"))
+
+# Dataset facts live in the dataset registry (data/datasets.py: dataset_spec(name).crop_size, .edge_w,
+# .edge_max_dist); these live read-only views keep older imports working. The registry imports nothing
+# from this module, so there is no cycle.
+from .datasets import spec_view as _spec_view  # noqa: E402
+
+DEFAULT_SCALE = _spec_view("crop_size")
+DEFAULT_EDGE_W = _spec_view("edge_w")
+EDGE_MAX_DIST = _spec_view("edge_max_dist")
 
 
 def check_dataset(db_name: str) -> str:

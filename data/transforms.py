@@ -5,8 +5,12 @@ The sample dict holds `image` (float32 H×W×3, 0..255), one float32 H×W×C arr
 `random`, not numpy/torch); `Compose.reseed` reseeds it per DataLoader worker and per rank, so runs
 are reproducible for a seed and world size while ranks and workers see different augmentations.
 
-Per-task behaviour is declared, not inferred: which keys are divided by the scale (depth), which
-have their x component negated on flips (normals), and the pad values (from `data.tasks`).
+Per-task behaviour is declared by the Task objects (data/tasks.py), not by names here: which keys are
+divided by the scale (`scale_divided`: metric depth), which have their x component negated on flips
+(`flip_negate_x`: normals), the pad values (`pad_value`; normals are padded with the zero vector, which
+AddIgnoreRegions then turns into 255 together with the unlabelled zero normals), the ignore rules
+(`invalid_rule`) and which labels balance the random crop (`balances_crop`: semseg). A transform built
+without them (unit tests) uses what the registered tasks declare.
 """
 from __future__ import annotations
 
@@ -14,18 +18,13 @@ import random
 
 import numpy as np
 
-from .tasks import task_info
+from .tasks import declared_tasks, task_infos
 
 IMAGE = "image"
 META = "meta"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Padding value per task where it differs from the task's ignore value: normals are padded with the
-# zero vector, which AddIgnoreRegions then turns into 255 together with the unlabeled zero normals.
-PAD_OVERRIDES = {"normals": 0.0}
-SCALE_DIVIDED = ("depth",)  # metric depth shrinks when the image is enlarged (spec §2.1.1)
-FLIP_NEGATE_X = ("normals",)  # channel 0 of normals is the x component (spec §2.1.3)
 
 
 def _arrays(sample):
@@ -80,10 +79,10 @@ def _resize(arr: np.ndarray, hw, interp) -> np.ndarray:
 class RandomScaling(_Random):
     """s ~ U(min, max); resize to (int(H·s), int(W·s)): image bilinear, labels nearest; depth /= s."""
 
-    def __init__(self, scale_range=(0.5, 2.0), divide_by_scale=SCALE_DIVIDED, rng=None):
+    def __init__(self, scale_range=(0.5, 2.0), divide_by_scale=None, rng=None):
         super().__init__(rng)
         self.scale_range = tuple(scale_range)
-        self.divide_by_scale = tuple(divide_by_scale)
+        self.divide_by_scale = tuple(declared_tasks("scale_divided") if divide_by_scale is None else divide_by_scale)
 
     def __call__(self, sample):
         import cv2
@@ -109,12 +108,12 @@ class RandomCrop(_Random):
     crop keep their extent in that dimension (PadImage fills it later).
     """
 
-    def __init__(self, size, cat_max_ratio=0.75, ignore_index=255, seg_key="semseg", max_checks=10, rng=None):
+    def __init__(self, size, cat_max_ratio=0.75, ignore_index=255, seg_key=None, max_checks=10, rng=None):
         super().__init__(rng)
         self.size = (int(size[0]), int(size[1]))
         self.cat_max_ratio = cat_max_ratio
         self.ignore_index = ignore_index
-        self.seg_key = seg_key
+        self.seg_key = seg_key if seg_key is not None else next(iter(declared_tasks("balances_crop")), None)
         self.max_checks = max_checks
 
     def origin(self, hw):
@@ -152,10 +151,10 @@ class RandomCrop(_Random):
 class RandomHorizontalFlip(_Random):
     """One coin for the whole sample; flips every array; negates x of the vector fields (normals)."""
 
-    def __init__(self, p=0.5, negate_x=FLIP_NEGATE_X, rng=None):
+    def __init__(self, p=0.5, negate_x=None, rng=None):
         super().__init__(rng)
         self.p = p
-        self.negate_x = tuple(negate_x)
+        self.negate_x = tuple(declared_tasks("flip_negate_x") if negate_x is None else negate_x)
 
     def __call__(self, sample):
         if self.rng.random() < self.p:
@@ -280,9 +279,11 @@ class PadImage:
 class AddIgnoreRegions:
     """Zero vectors (normals) → 255 in all channels; an all-background map (human_parts) → all 255."""
 
-    def __init__(self, zero_vector_keys=("normals",), all_background_keys=("human_parts",), ignore=255.0):
-        self.zero_vector_keys = tuple(zero_vector_keys)
-        self.all_background_keys = tuple(all_background_keys)
+    def __init__(self, zero_vector_keys=None, all_background_keys=None, ignore=255.0):
+        self.zero_vector_keys = tuple(declared_tasks("invalid_rule", "zero_vector") if zero_vector_keys is None
+                                      else zero_vector_keys)
+        self.all_background_keys = tuple(declared_tasks("invalid_rule", "all_background")
+                                         if all_background_keys is None else all_background_keys)
         self.ignore = ignore
 
     def __call__(self, sample):
@@ -317,29 +318,39 @@ class ToTensor:
 
 
 def pad_values(db_name: str, tasks) -> dict:
-    """Pad value per task: the task's ignore value from data.tasks, except the declared overrides."""
-    return {t: float(PAD_OVERRIDES.get(t, task_info(db_name, t).ignore_value)) for t in tasks}
+    """Pad value per task (Task.padding: its pad_value, else its ignore value)."""
+    return {name: task.padding for name, task in task_infos(db_name, tasks).items()}
+
+
+def _declared(db_name: str, tasks, attr: str, value=True) -> tuple:
+    return tuple(n for n, t in task_infos(db_name, tasks).items() if getattr(t, attr) == value)
+
+
+def _ignore_regions(db_name: str, tasks) -> "AddIgnoreRegions":
+    return AddIgnoreRegions(_declared(db_name, tasks, "invalid_rule", "zero_vector"),
+                            _declared(db_name, tasks, "invalid_rule", "all_background"))
 
 
 def train_transforms(db_name: str, tasks, size, seed=None) -> Compose:
-    """Spec §2.1: scale → crop → flip → photometric → normalise → pad → ignore regions → tensors."""
+    """Scale → crop → flip → photometric → normalise → pad → ignore regions → tensors (docs/method.md)."""
+    crop_keys = _declared(db_name, tasks, "balances_crop")
     return Compose([
-        RandomScaling((0.5, 2.0)),
-        RandomCrop(size, cat_max_ratio=0.75),
-        RandomHorizontalFlip(0.5),
+        RandomScaling((0.5, 2.0), divide_by_scale=_declared(db_name, tasks, "scale_divided")),
+        RandomCrop(size, cat_max_ratio=0.75, seg_key=crop_keys[0] if crop_keys else ""),
+        RandomHorizontalFlip(0.5, negate_x=_declared(db_name, tasks, "flip_negate_x")),
         PhotoMetricDistortion(),
         Normalize(),
         PadImage(size, pad_values(db_name, tasks)),
-        AddIgnoreRegions(),
+        _ignore_regions(db_name, tasks),
         ToTensor(),
     ], seed=seed)
 
 
 def val_transforms(db_name: str, tasks, size) -> Compose:
-    """Spec §2.2: normalise → pad → ignore regions → tensors (no resize, no crop)."""
+    """Normalise → pad → ignore regions → tensors (no resize, no crop; docs/method.md)."""
     return Compose([
         Normalize(),
         PadImage(size, pad_values(db_name, tasks)),
-        AddIgnoreRegions(),
+        _ignore_regions(db_name, tasks),
         ToTensor(),
     ])

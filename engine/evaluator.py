@@ -1,14 +1,13 @@
-"""The evaluation loop: every rank scores its shard, the metric sums are all-reduced, rank 0 reports.
+"""Evaluation: every rank scores its shard, the metric sums are all-reduced, rank 0 reports.
 
 Why every rank: the original evaluated on rank 0 only while the others waited in a collective (with a 2 h
 timeout as a workaround). Here the val loader gives each rank a disjoint shard (indices r::world, no padding
 duplicates), `evaluation.build_evaluator` accumulates pooled sums, and `synchronize()` all-reduces them, so N
 ranks give the numbers of one process.
 
-Why per-image noise: DDIM sampling starts from random noise. Drawing it per batch would make the metrics
-depend on the batch size and on how images are split over ranks; here image `name` always starts from the
-noise of `name_seed(seed, name)`, so an evaluation is reproducible for a seed whatever the world size,
-batch size or order.
+`evaluate` is a composition of the shared prediction path (engine/predict.py, also used by infer.py and the
+SEISM exporter) with the sinks it needs (engine/sinks.py); the rest of this module turns results into
+JSON, tables and Delta_m.
 """
 from __future__ import annotations
 
@@ -21,20 +20,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from utils import visualization as vis
-from utils.checkpoint import unwrap_model
-from data.sample_errors import ERRORS_KEY, SampleReadError, describe_failures
-from utils.distributed import all_gather_object, all_reduce_sum, get_rank, is_main_process
-from utils.config import bf16_autocast
+from data.sample_errors import describe_failures
+from engine.predict import run_predictions
+from engine.sinks import MetricsSink, PredictionPNGSink, VisualGridSink
+from utils.config import cfg_get
+from utils.precision import bf16_autocast
+from utils.distributed import all_reduce_sum, get_rank, is_main_process
 from utils.io import atomic_write
-from utils.logger import LOGGER_NAME
-from utils.seed import name_seed
+from utils.logger import LOGGER_NAME, interactive
 
-__all__ = ["EvalOutput", "evaluate", "eval_noise", "predict_batch", "crop_padding", "PredictionWriter",
-           "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m", "visual_grid",
+__all__ = ["EvalOutput", "evaluate", "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m",
            "metrics_path", "to_plain"]
-
-PATCH = 16
 
 
 @dataclass
@@ -45,109 +41,21 @@ class EvalOutput:
     skipped: list = field(default_factory=list)  # every rank's unreadable samples (data_errors: skip)
 
 
-def _get(cfg, key, default=None):
-    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if val is None else val
-
-
 def _infos(cfg) -> dict:
     from data.tasks import task_infos
 
     return task_infos(cfg.db_name, cfg.TASKS.NAMES)
 
 
-def eval_noise(model, images: torch.Tensor, names, seed: int):
-    """Initial DDIM noise (r·B)×M×h×w, each image's slices drawn from its own name seed; None if no diffusion."""
-    base = unwrap_model(model)
-    head = getattr(base, "heads", None)
-    m = getattr(head, "noisy_channels", None)
-    if m is None:
-        return None
-    r = int(getattr(head, "randsteps", 1))
-    patch = int(getattr(getattr(base, "backbone", None), "patch_size", PATCH))
-    b, _, hh, ww = images.shape
-    h, w = hh // patch, ww // patch
-    z = torch.empty((r, b, m, h, w), dtype=torch.float32)
-    for j, name in enumerate(names):
-        g = torch.Generator()
-        g.manual_seed(name_seed(seed, name))
-        z[:, j] = torch.randn((r, m, h, w), generator=g)
-    return z.reshape(r * b, m, h, w).to(images.device)  # layout (r b): repeats outer, as the sampler
+def _shard_bar(loader, desc: str):
+    """A transient progress bar over this rank's samples."""
+    from tqdm import tqdm
 
-
-@torch.no_grad()
-def predict_batch(model, images: torch.Tensor, names, seed: int, amp: bool = False) -> dict:
-    """{task: B×K×H×W float32 raw outputs} for a normalised, padded batch (per-image seeded noise).
-
-    amp: bf16 autocast (callers pass utils.config.bf16_autocast(cfg, device))."""
-    noise = eval_noise(model, images, names, seed)
-    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bool(amp)):
-        out = model(images, noise=noise) if noise is not None else model(images)
-    return {t: v.float() for t, v in out["pred"].items()}
-
-
-def crop_padding(x: torch.Tensor, img_size) -> torch.Tensor:
-    """C×H×W padded map -> C×H0×W0, removing the centred padding of the val pipeline (offsets ΔH//2, ΔW//2)."""
-    h0, w0 = int(img_size[0]), int(img_size[1])
-    hh, ww = x.shape[-2:]
-    top, left = max(hh - h0, 0) // 2, max(ww - w0, 0) // 2
-    return x[..., top:top + min(h0, hh), left:left + min(w0, ww)]
-
-
-class PredictionWriter:
-    """Writes one image's predictions (maps at the original size) as files under `root/<task>/`.
-
-    labels (argmax tasks): indexed PNG with the VOC palette (pixel = class id); two-class probability
-    (saliency) and edges: 8-bit grey PNG (edge: trunc(sigmoid·255), the format of the boundary tool, spec
-    §7.2); depth: 16-bit PNG in millimetres plus `<task>_color/` colormap PNG; normals: RGB PNG.
-    """
-
-    def __init__(self, root: str, infos: dict):
-        self.root, self.infos = root, infos
-
-    def path(self, task: str, name: str, suffix: str = "") -> str:
-        return os.path.join(self.root, task + suffix, f"{name}.png")
-
-    def write(self, name: str, maps: dict) -> list:
-        """maps: {task: prediction_to_numpy output}. Returns the written paths."""
-        out = []
-        for task, value in maps.items():
-            rule = self.infos[task].sample_rule[0]
-            if rule == "argmax":
-                out.append(vis.save_label_png(self.path(task, name), value))
-            elif rule in ("threshold", "sigmoid"):
-                out.append(vis.save_png(self.path(task, name), np.clip(value * 255.0, 0, 255).astype(np.uint8)))
-            elif rule == "clamp":
-                out.append(vis.save_depth_png16(self.path(task, name), value))
-                out.append(vis.save_png(self.path(task, name, "_color"), vis.depth_to_color(value)))
-            elif rule == "l2":
-                out.append(vis.save_png(self.path(task, name), vis.normals_to_rgb(value)))
-            else:
-                raise ValueError(f"task {task}: no writer for sample rule {rule!r}")
-        return out
-
-
-def visual_grid(infos: dict, image_rgb: np.ndarray, preds: dict, targets: dict | None = None) -> np.ndarray:
-    """Two rows: [input | ground truth per task] and [input | prediction per task], captioned."""
-    top = [vis.add_caption(image_rgb, "input")]
-    bottom = [vis.add_caption(image_rgb, "input")]
-    for task, info in infos.items():
-        if task not in preds:
-            continue
-        if targets is not None and task in targets:
-            gt, valid = targets[task]
-            top.append(vis.add_caption(vis.task_picture(info, gt, valid), f"{task} GT"))
-        bottom.append(vis.add_caption(vis.task_picture(info, preds[task]), f"{task} pred"))
-    rows = [top, bottom] if len(top) > 1 else [bottom]
-    return vis.make_grid(rows)
-
-
-def _to_device(batch: dict, tasks, device) -> dict:
-    out = dict(batch)
-    for k in ["image", *tasks]:
-        if k in out and torch.is_tensor(out[k]):
-            out[k] = out[k].to(device, non_blocking=True)
-    return out
+    try:
+        total = len(loader.sampler)
+    except TypeError:
+        total = None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, unit="img")
 
 
 @torch.no_grad()
@@ -159,88 +67,25 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
     full_edge: full boundary protocol (final/infer) instead of the in-training estimate.
     pred_dir: write every prediction at its original size under pred_dir/<task>/ (each rank its shard).
     n_visuals: on rank 0, return input/GT/prediction grids of the first n images of its shard.
-    amp: bf16 autocast on/off; None: as the config says (utils.config.bf16_autocast).
+    amp: bf16 autocast on/off; None: as the config says (utils.precision.bf16_autocast).
+    Unreadable samples follow cfg.data_errors (engine/predict.py).
     """
     from evaluation import build_evaluator
 
-    infos = _infos(cfg)
-    tasks = list(infos)
-    seed = int(_get(cfg, "seed", 0)) if seed is None else int(seed)
-    base = unwrap_model(model)
-    was_training = base.training
-    base.eval()
-    from utils.logger import interactive
-
-    evaluator = build_evaluator(cfg, full_edge=full_edge, progress=bool(progress) and interactive()
-                                and is_main_process())
-    evaluator.reset()
-    writer = PredictionWriter(pred_dir, infos) if pred_dir else None
-    use_amp = bf16_autocast(cfg, device) if amp is None else bool(amp)
-    visuals, count = [], 0
-    bar = None
-    if progress and is_main_process():
-        from utils.logger import interactive
-
-        if interactive():
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True)
-    policy = str(_get(cfg, "data_errors", "abort"))
-    failed = []  # FailedSample records of this rank (loaders built with catch_errors=True)
-    try:
-        for batch in loader:
-            if bar is not None:
-                bar.update(1)
-            failed.extend(batch.pop(ERRORS_KEY, None) or [])
-            if failed and policy == "abort":
-                break  # the other ranks finish their shards; all learn of it in _gather_failures
-            if "image" not in batch:
-                continue
-            names = list(batch["meta"]["img_name"])
-            batch = _to_device(batch, tasks, device)
-            pred = predict_batch(base, batch["image"], names, seed, amp=use_amp)
-            evaluator.update(pred, batch)
-            count += len(names)
-            if writer is not None or (len(visuals) < n_visuals and get_rank() == 0):
-                _per_image(infos, names, batch, pred, writer, visuals, n_visuals)
-    finally:
-        if bar is not None:
-            bar.close()
-        base.train(was_training)
-    failed = _gather_failures(failed)
-    if failed and policy == "abort":
-        raise SampleReadError(f"{failed[0].message} (evaluation sample {failed[0].index}"
-                              + (f"; {len(failed) - 1} more unreadable" if len(failed) > 1 else "")
-                              + "); fix or remove the file, or set data_errors: skip to leave unreadable "
-                                "samples out of the metrics")
-    if failed and is_main_process():
-        logging.getLogger(LOGGER_NAME).warning(f"{desc}: left out {describe_failures(failed)} (data_errors: skip)")
-    evaluator.synchronize()
-    results = evaluator.compute()
-    n = all_reduce_sum(torch.tensor([count], dtype=torch.int64)).item()
-    return EvalOutput(results=to_plain(results), num_images=int(n), visuals=visuals, skipped=failed)
-
-
-def _gather_failures(failed: list) -> list:
-    """Every rank's unreadable samples, sorted by dataset index (a collective: all ranks call it)."""
-    merged = [f for part in all_gather_object(list(failed)) for f in part]
-    return sorted(merged, key=lambda f: f.index)
-
-
-def _per_image(infos, names, batch, pred, writer, visuals, n_visuals) -> None:
-    sizes = batch["meta"]["img_size"]
-    for j, name in enumerate(names):
-        want_vis = len(visuals) < n_visuals and get_rank() == 0
-        if writer is None and not want_vis:
-            return
-        maps = {t: vis.prediction_to_numpy(infos[t], crop_padding(pred[t][j], sizes[j])) for t in pred}
-        if writer is not None:
-            writer.write(name, maps)
-        if want_vis:
-            img = vis.denormalize_image(crop_padding(batch["image"][j], sizes[j]))
-            gts = {t: vis.target_to_numpy(infos[t], crop_padding(batch[t][j], sizes[j]))
-                   for t in infos if t in batch}
-            visuals.append((name, visual_grid(infos, img, maps, gts)))
+    show = bool(progress) and interactive() and is_main_process()
+    metrics = MetricsSink(build_evaluator(cfg, full_edge=full_edge, progress=show))
+    grids = VisualGridSink(limit=int(n_visuals) if get_rank() == 0 else 0)
+    sinks = [metrics, grids] + ([PredictionPNGSink(pred_dir)] if pred_dir else [])
+    policy = str(cfg_get(cfg, "data_errors", "abort"))
+    run = run_predictions(model, loader, sinks, tasks=_infos(cfg), device=device,
+                          seed=int(cfg_get(cfg, "seed", 0)) if seed is None else int(seed),
+                          amp=bf16_autocast(cfg, device) if amp is None else bool(amp), data_errors=policy,
+                          progress=_shard_bar(loader, desc) if show else None)
+    if run.failed and is_main_process():
+        logging.getLogger(LOGGER_NAME).warning(f"{desc}: left out {describe_failures(run.failed)} (data_errors: skip)")
+    results = metrics.compute()
+    n = all_reduce_sum(torch.tensor([run.count], dtype=torch.int64)).item()
+    return EvalOutput(results=to_plain(results), num_images=int(n), visuals=grids.grids, skipped=run.failed)
 
 
 def to_plain(v):

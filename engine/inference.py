@@ -5,8 +5,10 @@ image is padded, centred, to TEST.SCALE exactly as the validation pipeline pads 
 the input distribution it was trained for, and the MLoRE router's fixed token grid fits). Outputs are cropped
 back and resized to the original size. Images of different sizes therefore batch together.
 
-Sampling noise is drawn per image from (seed, image name) (engine.evaluator.eval_noise): the same image gives
-the same prediction for a given --seed, whatever the batch size.
+Predictions run through the shared path of evaluation (engine.predict.run_predictions) with the sinks of
+engine/sinks.py, so the files are those the metrics score. Sampling noise is drawn per image from (seed,
+image name) by the model (`initial_noise`): the same image gives the same prediction for a given --seed,
+whatever the batch size.
 
 Unreadable inputs do not stop a job. They travel as data (data/sample_errors.py): `ImageFolder` returns a
 `FailedSample` for an image it cannot decode, a dataset split is wrapped in `CatchSampleErrors` (the readers'
@@ -22,30 +24,19 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from data.sample_errors import ERRORS_KEY, FailedSample
-from engine.evaluator import PredictionWriter, crop_padding, predict_batch, visual_grid
-from utils import visualization as vis
+from data.sample_errors import FailedSample
 from utils.devices import DeviceError, parse_device
 
-__all__ = ["IMAGE_EXTENSIONS", "OVERVIEW_MAX_SIDE", "InferenceError", "list_images", "ImageFolder",
-           "collate_images", "input_label", "failure_summary",
-           "fit_size", "predict_batch", "overview_picture", "output_subfolders", "prepare_output_dir",
-           "resolve_device", "one_line", "PredictionJob"]
+__all__ = ["IMAGE_EXTENSIONS", "InferenceError", "list_images", "ImageFolder", "collate_images", "input_label",
+           "failure_summary", "fit_size", "output_subfolders", "prepare_output_dir", "resolve_device", "one_line",
+           "GuardWrites"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-# The longer side, in pixels, of an overview picture (input | ground truth | prediction per task). A 6000×4000
-# photo with five tasks would otherwise give a 36000-pixel-wide PNG that image viewers refuse (PIL warns of a
-# decompression bomb); the panels are shrunk (aspect kept) before composing so captions stay legible. The
-# per-task PNGs are not affected: they keep the input size.
-OVERVIEW_MAX_SIDE = 4096
 
 # How many unreadable inputs the end-of-job summary names before it says "and N more".
 SUMMARY_MAX_NAMES = 20
@@ -188,14 +179,9 @@ def resolve_device(name) -> torch.device:
     return dev if dev is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def output_subfolders(infos: dict) -> list:
-    """The folders PredictionJob writes under the output folder (per task, depth colormaps, overviews)."""
-    subs = []
-    for task, info in infos.items():
-        subs.append(task)
-        if info.sample_rule[0] == "clamp":
-            subs.append(f"{task}_color")
-    return subs + ["overview"]
+def output_subfolders(tasks: dict) -> list:
+    """The folders infer.py writes under the output folder: each task's (Task.output_folders), overviews."""
+    return [sub for task in tasks.values() for sub in task.output_folders()] + ["overview"]
 
 
 def _file_in_the_way(path: str):
@@ -239,99 +225,17 @@ def prepare_output_dir(path: str, subfolders=()) -> str:
 
 # --- outputs ---------------------------------------------------------------------------------------------
 
-def restore(x: torch.Tensor, img_size, orig_size=None) -> torch.Tensor:
-    """K×H×W padded output -> K×H0×W0 at the original image size (crop padding, undo the shrink)."""
-    x = crop_padding(x, img_size)
-    if orig_size is not None and tuple(x.shape[-2:]) != tuple(orig_size):
-        x = F.interpolate(x[None], size=tuple(int(s) for s in orig_size), mode="bilinear", align_corners=False)[0]
-    return x
+class GuardWrites:
+    """A sink wrapping infer.py's writing sinks: a failed write (disk full, folder removed) becomes the
+    one-line InferenceError about --output instead of a traceback."""
 
+    def __init__(self, sinks, out_dir: str):
+        self.sinks, self.out_dir = list(sinks), out_dir
 
-def _nearest(arr: np.ndarray, size) -> np.ndarray:
-    """H×W(×C) array of any dtype (labels, masks, depth) resampled to `size` by nearest neighbour."""
-    h, w = arr.shape[:2]
-    if (h, w) == tuple(size):
-        return arr
-    rows = np.minimum((np.arange(size[0]) * h) // size[0], h - 1)
-    cols = np.minimum((np.arange(size[1]) * w) // size[1], w - 1)
-    return arr[rows][:, cols]
-
-
-def _panel_size(hw, rows: int, cols: int, max_side: int, caption: int = 14, pad: int = 2) -> tuple:
-    """Panel (h, w), aspect kept, so that rows×cols captioned panels (make_grid layout) fit in max_side."""
-    h, w = int(hw[0]), int(hw[1])
-    s = min(1.0, (max_side - pad - rows * (caption + pad)) / (rows * h), (max_side - pad - cols * pad) / (cols * w))
-    return (h, w) if s >= 1.0 else (max(1, int(h * s)), max(1, int(w * s)))
-
-
-def overview_picture(infos: dict, image_rgb: np.ndarray, maps: dict, gts: dict | None = None,
-                     max_side: int = OVERVIEW_MAX_SIDE) -> np.ndarray:
-    """visual_grid of input | (ground truth) | predictions, its longer side at most max_side pixels.
-
-    Panels are shrunk before composing (not the finished grid) so the captions keep their size.
-    """
-    import cv2
-
-    rows = 2 if gts else 1
-    cols = 1 + sum(1 for t in infos if t in maps)
-    size = _panel_size(image_rgb.shape[:2], rows, cols, max_side)
-    if size != tuple(image_rgb.shape[:2]):
-        image_rgb = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        maps = {t: _nearest(np.asarray(v), size) for t, v in maps.items()}
-        if gts:
-            gts = {t: (_nearest(np.asarray(g), size), _nearest(np.asarray(v), size)) for t, (g, v) in gts.items()}
-    grid = visual_grid(infos, image_rgb, maps, gts)
-    if max(grid.shape[:2]) > max_side:  # the layout changed under us: still honour the cap
-        s = max_side / max(grid.shape[:2])
-        grid = cv2.resize(grid, (max(1, int(grid.shape[1] * s)), max(1, int(grid.shape[0] * s))),
-                          interpolation=cv2.INTER_AREA)
-    return grid
-
-
-@dataclass
-class PredictionJob:
-    """Writes predictions, overviews and (with ground truth) feeds an evaluator for each batch.
-
-    `failed` collects the (name, reason) of every unreadable input, for the end-of-job summary; `dataset`
-    (the loader's) names them.
-    """
-
-    infos: dict
-    out_dir: str
-    evaluator: object = None
-    dataset: object = None
-    overview_max_side: int = OVERVIEW_MAX_SIDE
-    failed: list = field(default_factory=list)
-
-    def __post_init__(self):
-        self.writer = PredictionWriter(self.out_dir, self.infos)
-        self.count = 0
-
-    def take_failures(self, batch: dict) -> list:
-        """Remove the batch's FailedSample records and keep them as (name, reason); returns the new ones
-        (the caller logs each as it happens)."""
-        failed = [(input_label(self.dataset, f.index), f.message) for f in batch.pop(ERRORS_KEY, None) or []]
-        self.failed.extend(failed)
-        return failed
-
-    def process(self, batch: dict, pred: dict) -> None:
-        """Score (split inputs) and write every image of a readable batch at its original size."""
-        tasks = list(self.infos)
-        has_gt = all(t in batch for t in tasks)
-        if self.evaluator is not None and has_gt:
-            dev = next(iter(pred.values())).device
-            gpu_batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            self.evaluator.update(pred, gpu_batch)
-        meta = batch["meta"]
-        origs = meta.get("orig_size") or [None] * len(meta["img_name"])
-        for j, name in enumerate(meta["img_name"]):
-            size, orig = meta["img_size"][j], origs[j]
-            maps = {t: vis.prediction_to_numpy(self.infos[t], restore(pred[t][j], size, orig)) for t in pred}
-            self.writer.write(name, maps)
-            img = vis.denormalize_image(restore(batch["image"][j], size, orig))
-            gts = None
-            if has_gt:
-                gts = {t: vis.target_to_numpy(self.infos[t], crop_padding(batch[t][j], size)) for t in tasks}
-            vis.save_png(os.path.join(self.out_dir, "overview", f"{name}.png"),
-                         overview_picture(self.infos, img, maps, gts, self.overview_max_side))
-            self.count += 1
+    def add(self, done) -> None:
+        try:
+            for sink in self.sinks:
+                sink.add(done)
+        except OSError as err:
+            raise InferenceError(f"output folder {self.out_dir}: writing the predictions failed "
+                                 f"({err.strerror or err}); free disk space or pass another --output") from None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from utils.plain import to_plain
+
 __all__ = ["RunFolderError", "IDENTITY_KEYS", "experiment_identity", "describe_experiment", "identity_differences",
            "check_writable_folder", "check_run_folder", "infer_folder"]
 
@@ -26,22 +28,14 @@ class RunFolderError(Exception):
     """The output folder cannot be used for this command (the message says why and what to do)."""
 
 
-def _plain(v):
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
 def experiment_identity(config: Mapping | None) -> dict:
     """{key: value} of IDENTITY_KEYS for a config (loaded cfg, saved config.yml or a checkpoint's copy)."""
     if not isinstance(config, Mapping):
         return {}
     tasks = (config.get("TASKS") or {}).get("NAMES") if isinstance(config.get("TASKS"), Mapping) else None
-    ident = {"db_name": config.get("db_name") or config.get("train_db_name"), "tasks": _plain(tasks)}
+    ident = {"db_name": config.get("db_name") or config.get("train_db_name"), "tasks": to_plain(tasks)}
     for key in IDENTITY_KEYS[2:]:
-        ident[key] = _plain(config.get(key))
+        ident[key] = to_plain(config.get(key))
     return ident
 
 

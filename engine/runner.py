@@ -32,18 +32,13 @@ from engine.evaluator import compute_delta_m, evaluate, headline_metrics, metric
 from utils import checkpoint as ckpt_lib
 from data.sample_errors import SampleReadError
 from engine.stop import TrainingStopped
-from utils.config import save_config
+from utils.config import cfg_get, save_config
 from utils.devices import parse_device
 from utils.distributed import cleanup_distributed, init_distributed, is_main_process
 from utils.logger import close_logger, setup_logger
 from utils.seed import rank_seed, seed_everything
 
 __all__ = ["run_experiment", "summary_lines"]
-
-
-def _get(cfg, key, default=None):
-    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if val is None else val
 
 
 EXIT_USER = 2
@@ -55,9 +50,9 @@ def run_experiment(cfg, args, datasets: dict) -> int:
     from engine.trainer import NonFiniteLossError
 
     info = init_distributed(device=_forced_device(getattr(args, "device", None)),
-                            timeout_minutes=float(_get(cfg, "dist_timeout_minutes", 30.0)))
+                            timeout_minutes=float(cfg_get(cfg, "dist_timeout_minutes", 30.0)))
     log = setup_logger(cfg.output_dir, info.rank)
-    seed_everything(rank_seed(int(_get(cfg, "seed", 0)), info.rank))
+    seed_everything(rank_seed(int(cfg_get(cfg, "seed", 0)), info.rank))
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
@@ -148,7 +143,7 @@ def _limit_cpu_threads(cfg, info, log) -> None:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    workers = int(_get(cfg, "nworkers", 0))
+    workers = int(cfg_get(cfg, "nworkers", 0))
     threads = max(1, cores // max(info.world_size, 1) - workers)
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)
@@ -213,18 +208,18 @@ def _infer(cfg, args, datasets, info, log) -> None:
     model = model.to(info.device)
     write_run_config(cfg, log)
     iteration = int(ck.get("iteration", 0) or 0) if isinstance(ck, dict) else 0
-    workers = _get(cfg, "eval_workers", None)
-    workers = int(_get(cfg, "nworkers", 0) if workers is None else workers)
+    workers = cfg_get(cfg, "eval_workers", None)
+    workers = int(cfg_get(cfg, "nworkers", 0) if workers is None else workers)
     loader = build_dataloader(cfg, "val", distributed=info.is_distributed, dataset=datasets["val"],
                               num_workers=workers, catch_errors=True)
     pred_dir = os.path.join(cfg.output_dir, "predictions")
     t0 = time.perf_counter()
-    res = evaluate(model, loader, cfg, info.device, full_edge=True, seed=int(_get(cfg, "seed", 0)),
+    res = evaluate(model, loader, cfg, info.device, full_edge=True, seed=int(cfg_get(cfg, "seed", 0)),
                    pred_dir=pred_dir, desc="infer")
-    reference = _get(cfg, "delta_m_reference", None)
+    reference = cfg_get(cfg, "delta_m_reference", None)
     dm = compute_delta_m(res.results, reference, cfg)
     payload = {"iteration": iteration, "protocol": "full", "checkpoint": os.path.abspath(args.trained_model),
-               "num_images": res.num_images, "world_size": info.world_size, "seed": int(_get(cfg, "seed", 0)),
+               "num_images": res.num_images, "world_size": info.world_size, "seed": int(cfg_get(cfg, "seed", 0)),
                "results": res.results, "headline": headline_metrics(res.results, cfg), "delta_m": dm,
                "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3)}
     if is_main_process():

@@ -37,11 +37,12 @@ from engine.stop import EvaluationInterrupted, StopSignals, TrainingStopped, sig
 from engine.run_folder import describe_experiment
 from engine.train_data import TrainStream
 from utils import checkpoint as ckpt_lib
-from utils.distributed import (all_gather_object, all_reduce_sum, barrier, broadcast_object, get_rank,
-                               get_world_size, is_dist_avail_and_initialized, is_main_process)
-from utils.config import bf16_autocast
+from utils.distributed import (all_gather_object, any_rank, barrier, broadcast_object, get_rank, get_world_size,
+                               is_dist_avail_and_initialized, is_main_process)
+from utils.config import cfg_get
 from utils.logger import Progress, get_logger
 from utils.optim import build_optimizer, build_scheduler, current_lr
+from utils.precision import bf16_autocast
 from utils.seed import STEP_STREAM, get_rng_state, mix_seed, rank_seed, seed_everything, set_rng_state
 
 __all__ = ["Trainer", "NonFiniteLossError", "find_unused_for", "prepare_model"]
@@ -51,14 +52,9 @@ class NonFiniteLossError(RuntimeError):
     """A loss or gradient was NaN/Inf and nonfinite_loss is 'abort' (the weights were not updated)."""
 
 
-def _get(cfg, key, default=None):
-    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if val is None else val
-
-
 def find_unused_for(cfg) -> bool:
     """MLoRE's top-k routing may leave experts unused in a step; the other models use every parameter."""
-    return str(_get(cfg, "model", "")) == "TaskDiffusion_mlore"
+    return str(cfg_get(cfg, "model", "")) == "TaskDiffusion_mlore"
 
 
 def prepare_model(model: nn.Module, cfg, device: torch.device, distributed: bool) -> nn.Module:
@@ -66,7 +62,7 @@ def prepare_model(model: nn.Module, cfg, device: torch.device, distributed: bool
     if distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if bool(_get(cfg, "channels_last", False)):
+    if bool(cfg_get(cfg, "channels_last", False)):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -100,22 +96,22 @@ class Trainer:
         self.rank, self.world = get_rank(), get_world_size()
         self.distributed = is_dist_avail_and_initialized() and self.world > 1
         self.output_dir = output_dir or cfg.output_dir
-        self.seed = int(_get(cfg, "seed", 0))
+        self.seed = int(cfg_get(cfg, "seed", 0))
         self.max_iter = int(cfg.max_iter)
-        self.val_interval = int(_get(cfg, "val_interval", self.max_iter))
-        self.ckpt_interval = _get(cfg, "ckpt_interval", None)
-        self.keep_checkpoints = _get(cfg, "keep_checkpoints", None)
-        self.data_errors = str(_get(cfg, "data_errors", "abort"))
+        self.val_interval = int(cfg_get(cfg, "val_interval", self.max_iter))
+        self.ckpt_interval = cfg_get(cfg, "ckpt_interval", None)
+        self.keep_checkpoints = cfg_get(cfg, "keep_checkpoints", None)
+        self.data_errors = str(cfg_get(cfg, "data_errors", "abort"))
         self.trust_checkpoint = bool(trust_checkpoint)
         self.skipped = []  # unreadable training samples left out (data_errors: skip)
-        self.accum = int(_get(cfg, "grad_accum_steps", 1))
-        self.batch_size = int(_get(cfg, "trBatch", 2))
-        self.policy = str(_get(cfg, "nonfinite_loss", "abort"))
+        self.accum = int(cfg_get(cfg, "grad_accum_steps", 1))
+        self.batch_size = int(cfg_get(cfg, "trBatch", 2))
+        self.policy = str(cfg_get(cfg, "nonfinite_loss", "abort"))
         self.amp = bf16_autocast(cfg, device)
-        self.channels_last = bool(_get(cfg, "channels_last", False))
-        clip = _get(cfg, "grad_clip_param", None) or {}
-        self.clip_norm = _get(clip, "max_norm", None)
-        self.clip_type = float(_get(clip, "norm_type", 2.0))
+        self.channels_last = bool(cfg_get(cfg, "channels_last", False))
+        clip = cfg_get(cfg, "grad_clip_param", None) or {}
+        self.clip_norm = cfg_get(clip, "max_norm", None)
+        self.clip_type = float(cfg_get(clip, "norm_type", 2.0))
         self.train_set, self.val_set = train_set, val_set
         seed_everything(rank_seed(self.seed, self.rank))
 
@@ -159,12 +155,12 @@ class Trainer:
         scope 'regions' compiles the model's pieces in place before the DDP wrap (evaluation, which calls
         the plain model, is compiled too); scope 'model' compiles the whole training module."""
         wrapped = model
-        opts = _get(self.cfg, "compile_options", None) or {}
-        kwargs = {"backend": _get(opts, "backend", "inductor")}
-        if _get(opts, "mode", None):
-            kwargs["mode"] = _get(opts, "mode")
-        compile_on = bool(_get(self.cfg, "compile", False))
-        if compile_on and _get(opts, "scope", "regions") == "regions":
+        opts = cfg_get(self.cfg, "compile_options", None) or {}
+        kwargs = {"backend": cfg_get(opts, "backend", "inductor")}
+        if cfg_get(opts, "mode", None):
+            kwargs["mode"] = cfg_get(opts, "mode")
+        compile_on = bool(cfg_get(self.cfg, "compile", False))
+        if compile_on and cfg_get(opts, "scope", "regions") == "regions":
             from models.compile import compile_regions
 
             compile_regions(model, **kwargs)
@@ -174,15 +170,15 @@ class Trainer:
             dev_ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DDP(model, device_ids=dev_ids, output_device=dev_ids[0] if dev_ids else None,
                           find_unused_parameters=find_unused_for(self.cfg))
-        if compile_on and _get(opts, "scope", "regions") == "model":
+        if compile_on and cfg_get(opts, "scope", "regions") == "model":
             wrapped = torch.compile(wrapped, **kwargs)
         return wrapped
 
     def _val_loader(self):
         from data import build_dataloader
 
-        workers = _get(self.cfg, "eval_workers", None)
-        workers = int(_get(self.cfg, "nworkers", 0) if workers is None else workers)
+        workers = cfg_get(self.cfg, "eval_workers", None)
+        workers = int(cfg_get(self.cfg, "nworkers", 0) if workers is None else workers)
         return build_dataloader(self.cfg, "val", distributed=self.distributed, dataset=self.val_set,
                                 num_workers=workers, catch_errors=True)
 
@@ -265,12 +261,10 @@ class Trainer:
             batch = next(stream)
         except SampleReadError as err:
             message = str(err)
-        if self.distributed:
-            failed = int(all_reduce_sum(torch.tensor([0 if message is None else 1], dtype=torch.int64)).item())
-            if failed:
-                messages = [m for m in all_gather_object(message) if m]
-                message = messages[0] + (f" (and {len(messages) - 1} other rank(s) failed too)"
-                                         if len(messages) > 1 else "")
+        if any_rank(message is not None):  # a single process gathers just its own message
+            messages = [m for m in all_gather_object(message) if m]
+            message = messages[0] + (f" (and {len(messages) - 1} other rank(s) failed too)"
+                                     if len(messages) > 1 else "")
         if message is not None:
             self.optimizer.zero_grad(set_to_none=True)
             self._restore_buffers(saved)
@@ -286,8 +280,7 @@ class Trainer:
         """True when any rank has a non-finite loss (all ranks agree); restores the buffers, then reports
         (raises for 'abort'). Costs one small all-reduce per micro-step in DDP."""
         bad_local = not bool(torch.isfinite(loss).item())
-        flag = all_reduce_sum(torch.tensor([1 if bad_local else 0], dtype=torch.int64))
-        if int(flag.item()) == 0:
+        if not any_rank(bad_local):
             return False
         self.optimizer.zero_grad(set_to_none=True)
         self._restore_buffers(saved)
@@ -361,7 +354,7 @@ class Trainer:
                        amp=self.amp, pred_dir=pred_dir, n_visuals=4 if self.tb is not None else 0,
                        desc=f"eval it {self.iteration}")
         headline = headline_metrics(res.results, self.cfg)
-        reference, against = _get(self.cfg, "delta_m_reference", None), "delta_m_reference of the config"
+        reference, against = cfg_get(self.cfg, "delta_m_reference", None), "delta_m_reference of the config"
         own = not reference
         if own:  # no published reference: compare with this run's first evaluation
             reference = (self.best or {}).get("reference") or {t: {self.infos[t].metric: v}
@@ -445,7 +438,7 @@ class Trainer:
         Returns the final evaluation payload (None when stopped early or without a val set).
         """
         cfg, log = self.cfg, self.log
-        nworkers = int(_get(cfg, "nworkers", 0))
+        nworkers = int(cfg_get(cfg, "nworkers", 0))
         end = self.max_iter if stop_at is None else min(int(stop_at), self.max_iter)
         jsonl = self._open_train_log()
         final = None
@@ -462,7 +455,7 @@ class Trainer:
                 stream = TrainStream(self.train_set, self.batch_size, self.seed, self.rank, self.world,
                                      num_workers=nworkers, start_micro=self.iteration * self.accum,
                                      pin_memory=self.device.type == "cuda", data_errors=self.data_errors)
-                print_freq = int(_get(cfg, "print_freq", 200))
+                print_freq = int(cfg_get(cfg, "print_freq", 200))
                 every = max(1, min(print_freq, max(self.max_iter // 20, 1)))
                 progress = Progress(self.max_iter, start=self.iteration, desc="train", every=every,
                                     enabled=is_main_process())
@@ -528,10 +521,7 @@ class Trainer:
 
     def _agree_stop(self, stop: StopSignals) -> bool:
         """True on every rank when any rank was asked to stop (all ranks stop at the same iteration)."""
-        local = 1 if stop.requested is not None else 0
-        if not self.distributed:
-            return bool(local)
-        return int(all_reduce_sum(torch.tensor([local], dtype=torch.int64)).item()) > 0
+        return any_rank(stop.requested is not None)
 
     def _stop_now(self, signum: int | None, progress) -> None:
         """Save and raise TrainingStopped. signum None: another rank received the signal (reported as

@@ -12,13 +12,30 @@ add them in (one small device-to-host copy per batch).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from typing import Dict, Tuple
 
 import torch
 
 from utils.distributed import all_reduce_sum
 
-__all__ = ["SumMeter"]
+__all__ = ["SumMeter", "EvalContext"]
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What a task's meter factory may need beyond the task object itself (`Task.meter(task, ctx)`):
+    the dataset, the label ignore value, the config's edge/depth settings and the boundary protocol
+    (keyword arguments of BoundaryMeter, or None to skip odsF)."""
+
+    db_name: str
+    ignore_index: int = 255
+    edge_w: Optional[float] = None
+    depth_min: float = 0.0
+    depth_max: float = 80.0
+    boundary: Optional[dict] = None
 
 
 class SumMeter:

@@ -82,6 +82,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import maximum_flow
 
+from utils.signals import ignore_stop_signals
+
 __all__ = [
     "edge_thresholds", "conv_tri", "edge_orientation", "edge_nms", "nms_edges", "match_counts",
     "evaluate_image", "pr_summary", "thin_binary", "resolve_backend", "pyedgeeval_available", "BoundaryMeter",
@@ -485,7 +487,8 @@ class BoundaryMeter:
     # -- work ----------------------------------------------------------------------------------
     def _ensure_pool(self):
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=ignore_stop_signals)
         return self._pool
 
     def _shutdown_pool(self, cancel: bool = False) -> None:

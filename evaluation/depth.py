@@ -35,6 +35,10 @@ class DepthMeter(SumMeter):
     def _shapes(self):
         return {"n": (), "sq": (), "log_sq": (), "abs_rel": (), "sq_rel": (), "delta": (3,)}
 
+    @classmethod
+    def for_task(cls, task, ctx) -> "DepthMeter":
+        return cls(ctx.depth_min, ctx.depth_max)
+
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         if pred.shape != gt.shape:

@@ -20,32 +20,21 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 from data import tasks as task_table
-from evaluation.boundary import BoundaryMeter, default_workers, read_image_list
+from data.datasets import dataset_spec
+from data.tasks import resolve
+from evaluation.base import EvalContext
+from evaluation.boundary import default_workers, read_image_list
 from evaluation.delta import delta_m
-from evaluation.depth import DepthMeter
-from evaluation.edge_proxy import EdgeProxyMeter
-from evaluation.normals import NormalsMeter
-from evaluation.postprocess import crop_to_original, edge_uint8, postprocess
-from evaluation.saliency import SaliencyMeter
-from evaluation.segmentation import SegmentationMeter
+from utils.config import cfg_get
 
-__all__ = ["MultiTaskEvaluator", "build_evaluator", "METRIC_FAMILY_OF_TASK"]
-
-# Metric family per task: the spec defines the metrics per task (§7.1), so this is the one place where
-# evaluation looks at task names.
-METRIC_FAMILY_OF_TASK = {
-    "semseg": "segmentation",
-    "human_parts": "segmentation",
-    "sal": "saliency",
-    "normals": "normals",
-    "depth": "depth",
-    "edge": "boundary",
-}
+__all__ = ["MultiTaskEvaluator", "build_evaluator"]
 
 
 class MultiTaskEvaluator:
     """reset() / update(pred, batch) / synchronize() / compute() over the tasks of one dataset.
 
+    Each task's meter comes from its Task object (`task.meter(task, ctx)`, data/tasks.py) and is fed
+    `task.postprocess(raw outputs)`; nothing here depends on which tasks exist.
     boundary: keyword arguments of BoundaryMeter (max_dist, thresholds, max_images, image_list, workers,
     backend, estimate), or None to skip odsF (the edge task then reports only the proxy 'loss').
     """
@@ -56,36 +45,26 @@ class MultiTaskEvaluator:
         self.db_name = task_table.check_dataset(db_name)
         self.infos = task_table.task_infos(db_name, list(tasks))
         self.tasks = list(self.infos)
-        self.meters = {}
-        self.boundary: Optional[BoundaryMeter] = None
-        for t, info in self.infos.items():
-            family = METRIC_FAMILY_OF_TASK.get(t)
-            if family == "segmentation":
-                self.meters[t] = SegmentationMeter(info.num_classes, info.class_names, ignore_index)
-            elif family == "saliency":
-                self.meters[t] = SaliencyMeter(ignore_index)
-            elif family == "normals":
-                self.meters[t] = NormalsMeter(ignore_index)
-            elif family == "depth":
-                self.meters[t] = DepthMeter(depth_min, depth_max)
-            elif family == "boundary":
-                if edge_w is None:
-                    edge_w = task_table.DEFAULT_EDGE_W[db_name]
-                self.meters[t] = EdgeProxyMeter(edge_w, ignore_index)
-                if boundary is not None:
-                    kw = dict(boundary)
-                    kw.setdefault("max_dist", task_table.EDGE_MAX_DIST[db_name])
-                    self.boundary = BoundaryMeter(**kw)
-            else:
-                raise ValueError(f"no metric is defined for task {t!r}")
-        self._images_seen = 0
+        if boundary is not None:
+            boundary = dict(boundary)
+            boundary.setdefault("max_dist", dataset_spec(db_name).edge_max_dist)
+        self.ctx = EvalContext(db_name, int(ignore_index),
+                               dataset_spec(db_name).edge_w if edge_w is None else float(edge_w),
+                               float(depth_min), float(depth_max), boundary)
+        self.meters = {t: resolve(task.meter)(task, self.ctx) for t, task in self.infos.items()}
+        self._post = {t: resolve(task.postprocess) for t, task in self.infos.items()}
+
+    @property
+    def boundary(self):
+        """The boundary (odsF) accumulator of the task that has one, or None."""
+        for m in self.meters.values():
+            if getattr(m, "boundary", None) is not None:
+                return m.boundary
+        return None
 
     def reset(self) -> None:
         for m in self.meters.values():
             m.reset()
-        if self.boundary is not None:
-            self.boundary.reset()
-        self._images_seen = 0
 
     @torch.no_grad()
     def update(self, pred: Mapping[str, torch.Tensor], batch: Mapping) -> None:
@@ -104,26 +83,12 @@ class MultiTaskEvaluator:
         for t in self.tasks:
             p = pred[t]
             gt = batch[t].to(p.device, non_blocking=True)
-            family = METRIC_FAMILY_OF_TASK[t]
-            scores = postprocess(family, p)
-            self.meters[t].update(scores, gt)
-            if family == "boundary" and self.boundary is not None:
-                self._update_boundary(scores, gt, meta)
-        self._images_seen += next(iter(pred.values())).shape[0]
-
-    def _update_boundary(self, scores: torch.Tensor, gt: torch.Tensor, meta: Mapping) -> None:
-        n = scores.shape[0]
-        sizes = meta.get("img_size")
-        if sizes is None:  # no meta: the prediction is taken as unpadded
-            sizes = [scores.shape[-2:]] * n
-        names = meta.get("img_name")
-        if names is None:
-            names = [f"{self._images_seen + i:06d}" for i in range(n)]
-        preds, gts = [], []
-        for i in range(n):
-            preds.append(edge_uint8(scores[i], sizes[i]).numpy())
-            gts.append(crop_to_original(gt[i, 0], sizes[i]).to(device="cpu", dtype=torch.uint8).numpy())
-        self.boundary.update(preds, gts, [str(x) for x in names])
+            meter = self.meters[t]
+            scores = self._post[t](p)
+            if getattr(meter, "wants_meta", False):
+                meter.update(scores, gt, meta)
+            else:
+                meter.update(scores, gt)
 
     def merge(self, other: "MultiTaskEvaluator") -> "MultiTaskEvaluator":
         """Add another evaluator's accumulated sums (same dataset and tasks) into this one; returns self."""
@@ -132,37 +97,20 @@ class MultiTaskEvaluator:
                              f"{self.db_name}/{self.tasks}")
         for t, m in self.meters.items():
             m.merge(other.meters[t])
-        if self.boundary is not None:
-            if other.boundary is None:
-                raise ValueError("cannot merge an evaluator without boundary metrics into one with them")
-            self.boundary.merge(other.boundary)
-        self._images_seen += other._images_seen
         return self
 
     def synchronize(self) -> None:
         """Collective over all ranks (call on every rank): finish boundary work and all-reduce every sum."""
         for m in self.meters.values():
             m.synchronize()
-        if self.boundary is not None:
-            self.boundary.synchronize()
 
     def compute(self) -> dict:
         """{task: {metric: value}}: headline keys semseg/human_parts 'mIoU', sal 'maxF', normals 'mean',
         depth 'rmse', edge 'odsF' (full protocol) or 'odsF_est' (estimate) plus the proxy 'loss'."""
-        results = {}
-        for t, m in self.meters.items():
-            results[t] = m.compute()
-            if t == "edge" and self.boundary is not None:
-                results[t].update(self.boundary.compute())
-        return results
+        return {t: m.compute() for t, m in self.meters.items()}
 
     def delta_m(self, results: Mapping, reference: Mapping) -> float:
         return delta_m(results, reference, self.db_name, self.tasks)
-
-
-def _cfg_get(cfg, key, default=None):
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers: Optional[int] = None,
@@ -180,9 +128,9 @@ def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers:
     """
     db = cfg["db_name"]
     names = cfg["TASKS"]["NAMES"]
-    edge_eval = _cfg_get(cfg, "edge_eval", {}) or {}
+    edge_eval = cfg_get(cfg, "edge_eval", {}) or {}
     bkw = None
-    if boundary and "edge" in names:
+    if boundary:  # used by the meters that score boundaries (EdgeMeter), ignored by the others
         image_list = edge_eval.get("image_list")
         if workers is None:
             workers = edge_eval.get("workers")
@@ -199,9 +147,9 @@ def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers:
         }
     return MultiTaskEvaluator(
         db, names,
-        edge_w=_cfg_get(cfg, "edge_w"),
-        depth_min=float(_cfg_get(cfg, "depth_min", task_table.DEPTH_MIN)),
-        depth_max=float(_cfg_get(cfg, "depth_max", task_table.DEPTH_MAX)),
-        ignore_index=int(_cfg_get(cfg, "ignore_index", 255)),
+        edge_w=cfg_get(cfg, "edge_w"),
+        depth_min=float(cfg_get(cfg, "depth_min", task_table.DEPTH_MIN)),
+        depth_max=float(cfg_get(cfg, "depth_max", task_table.DEPTH_MAX)),
+        ignore_index=int(cfg_get(cfg, "ignore_index", 255)),
         boundary=bkw,
     )

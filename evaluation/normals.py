@@ -48,6 +48,10 @@ class NormalsMeter(SumMeter):
     def _shapes(self):
         return {"n": (), "sum": (), "sum_sq": (), "below": (len(ANGLE_THRESHOLDS),), "hist": (_NUM_BINS,)}
 
+    @classmethod
+    def for_task(cls, task, ctx) -> "NormalsMeter":
+        return cls(ctx.ignore_index)
+
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         if pred.shape != gt.shape or pred.dim() != 4 or pred.shape[1] != 3:

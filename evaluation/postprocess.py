@@ -1,4 +1,6 @@
-"""In-loop post-processing of raw network outputs (spec §7 table) and the crop of centred padding.
+"""In-loop post-processing of raw network outputs (docs/method.md, metrics) and the crop of centred padding.
+
+Each Task names its function (`Task.postprocess`, data/tasks.py); the table below lists the built-in ones.
 
 These never modify their input (the original clamped depth logits in place, spec §12.8) and always
 return float32 (or int64 labels), whatever dtype the network produced under autocast.
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "segmentation_labels", "saliency_scores", "edge_scores", "normals_scores", "depth_values", "postprocess",
+    "segmentation_labels", "saliency_scores", "edge_scores", "normals_scores", "depth_values",
     "crop_offsets", "crop_to_original", "edge_uint8",
 ]
 
@@ -44,22 +46,6 @@ def normals_scores(pred: torch.Tensor) -> torch.Tensor:
 
 def depth_values(pred: torch.Tensor) -> torch.Tensor:
     return pred.float().clamp(min=0.0)  # b 1 h w (a new tensor: the input is left alone)
-
-
-_BY_FAMILY = {
-    "segmentation": segmentation_labels,
-    "saliency": saliency_scores,
-    "boundary": edge_scores,
-    "normals": normals_scores,
-    "depth": depth_values,
-}
-
-
-def postprocess(family: str, pred: torch.Tensor) -> torch.Tensor:
-    """Apply the spec §7 post-processing of a metric family to raw outputs."""
-    if family not in _BY_FAMILY:
-        raise ValueError(f"unknown metric family {family!r}; known: {sorted(_BY_FAMILY)}")
-    return _BY_FAMILY[family](pred)
 
 
 def crop_offsets(padded_hw: Sequence[int], img_size) -> tuple:

@@ -34,6 +34,10 @@ class SaliencyMeter(SumMeter):
         # 0.5-threshold counts (TP, predicted positives) for the mIoU.
         return {"tp": (n,), "pp": (n,), "ap": (), "valid": (), "tp_half": (), "pp_half": ()}
 
+    @classmethod
+    def for_task(cls, task, ctx) -> "SaliencyMeter":
+        return cls(ctx.ignore_index)
+
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         p, labels = self.valid_uint8_scores(pred, gt, self.ignore_index)

@@ -31,6 +31,11 @@ class SegmentationMeter(SumMeter):
     def _shapes(self):
         return {"confusion": (self.num_classes, self.num_classes)}  # rows: GT class, columns: predicted class
 
+    @classmethod
+    def for_task(cls, task, ctx) -> "SegmentationMeter":
+        """The meter of a discrete task (its classes and names) under `ctx` (evaluation.base.EvalContext)."""
+        return cls(task.num_classes, task.class_names, ctx.ignore_index)
+
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         k = self.num_classes

@@ -8,14 +8,19 @@ total = L_main + aux_weight · L_aux, with
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Mapping
 
 import torch
 from torch import nn
 
+import inspect
+
 from data import tasks as task_table
+from data.datasets import dataset_spec
+from data.tasks import resolve
 from losses.load_balancing import load_balancing_loss
-from losses.task_losses import LOSS_FUNCTIONS, LOSS_TYPE_OF_TASK
+from utils.config import cfg_get
 
 __all__ = ["MultiTaskCriterion", "build_criterion"]
 
@@ -31,38 +36,27 @@ class MultiTaskCriterion(nn.Module):
     """
 
     def __init__(self, tasks, loss_weights: Mapping[str, float], aux_weight: float = 0.0,
-                 edge_w: float | None = None, ignore_invalid_area_depth: bool = True,
-                 ignore_index: int = 255, load_balancing: float | None = None):
+                 load_balancing: float | None = None, options: Mapping | None = None):
+        """tasks: Task objects (data/tasks.py) in canonical order. options: the config values the tasks'
+        losses name in their `loss_config` (e.g. edge_w, ignore_invalid_area_depth), plus ignore_index."""
         super().__init__()
-        self.tasks = list(tasks)
+        self.task_objects = {t.name: t for t in tasks}
+        self.tasks = list(self.task_objects)
         missing = [t for t in self.tasks if t not in loss_weights]
         if missing:
             raise ValueError(f"loss_kwargs.loss_weights has no weight for task(s) {missing}; add them to the config")
-        unknown = [t for t in self.tasks if t not in LOSS_TYPE_OF_TASK]
-        if unknown:
-            raise ValueError(f"no loss is defined for task(s) {unknown}; known: {sorted(LOSS_TYPE_OF_TASK)}")
-        if "edge" in self.tasks and edge_w is None:
-            raise ValueError("the edge loss needs edge_w (task_dictionary.edge_w in the config)")
         self.weights = {t: float(loss_weights[t]) for t in self.tasks}
         lb = loss_weights.get("load_balancing", 0.0003) if load_balancing is None else load_balancing
         self.load_balancing = float(lb)
         self.aux_weight = float(aux_weight)
-        self.edge_w = edge_w
-        self.ignore_invalid_area_depth = bool(ignore_invalid_area_depth)
-        self.ignore_index = int(ignore_index)
+        self.losses = {t: _bind_loss(task, dict(options or {})) for t, task in self.task_objects.items()}
 
     def task_loss(self, task: str, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """Unweighted float32 loss of one task."""
         if pred.shape[-2:] != gt.shape[-2:]:
             raise ValueError(f"{task}: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in "
                              f"spatial size; the model must return outputs at the input size")
-        kind = LOSS_TYPE_OF_TASK[task]
-        fn = LOSS_FUNCTIONS[kind]
-        if kind == "balanced_bce":
-            return fn(pred, gt, edge_w=self.edge_w, ignore_index=self.ignore_index)
-        if kind == "masked_l1":
-            return fn(pred, gt, ignore_invalid=self.ignore_invalid_area_depth)
-        return fn(pred, gt, ignore_index=self.ignore_index)
+        return self.losses[task](pred, gt)
 
     def _weighted(self, preds: Mapping[str, torch.Tensor], targets, prefix: str, terms: dict) -> torch.Tensor:
         total = None
@@ -99,23 +93,37 @@ class MultiTaskCriterion(nn.Module):
         return total, terms
 
 
-def _get(cfg, key, default=None):
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+def _bind_loss(task, options: dict):
+    """task.loss with its keyword arguments fixed: ignore_index (the task's ignore value) when the function
+    takes one, and each (kwarg, config key) of task.loss_config from `options`."""
+    fn = resolve(task.loss)
+    kwargs = {}
+    params = inspect.signature(fn).parameters
+    if "ignore_index" in params:
+        kwargs["ignore_index"] = int(task.ignore_value)
+    for kwarg, key in task.loss_config:
+        if options.get(key) is None:
+            raise ValueError(f"the {task.name} loss needs the config value {key!r}; set it in the config")
+        kwargs[kwarg] = options[key]
+    return partial(fn, **kwargs)
 
 
 def build_criterion(cfg) -> MultiTaskCriterion:
-    """The criterion for cfg.TASKS.NAMES with the config's weights (spec §6)."""
+    """The criterion for cfg.TASKS.NAMES with the config's weights (docs/method.md, losses)."""
     db = cfg.db_name if "db_name" in cfg else cfg["train_db_name"]
-    names = task_table.ordered_tasks(db, cfg["TASKS"]["NAMES"])
-    with_aux = bool(_get(cfg, "with_aux", True))
-    edge_w = _get(cfg, "edge_w")
-    if edge_w is None and "edge" in names:
-        edge_w = _get(_get(cfg, "task_dictionary", {}) or {}, "edge_w", task_table.DEFAULT_EDGE_W[db])
+    tasks = task_table.task_infos(db, cfg["TASKS"]["NAMES"]).values()
+    with_aux = bool(cfg_get(cfg, "with_aux", True))
+    edge_w = cfg_get(cfg, "edge_w")
+    if edge_w is None:
+        edge_w = cfg_get(cfg_get(cfg, "task_dictionary", {}) or {}, "edge_w", dataset_spec(db).edge_w)
+    options = {k: cfg_get(cfg, k) for k in ("ignore_invalid_area_depth", "ignore_index")}
+    options["edge_w"] = edge_w
+    for task in tasks:  # plug-in tasks may name further config keys
+        for _, key in task.loss_config:
+            options.setdefault(key, cfg_get(cfg, key))
     return MultiTaskCriterion(
-        names,
+        tasks,
         loss_weights=cfg["loss_kwargs"]["loss_weights"],
-        aux_weight=float(_get(cfg, "aux_weight", 0.0)) if with_aux else 0.0,
-        edge_w=edge_w,
-        ignore_invalid_area_depth=bool(_get(cfg, "ignore_invalid_area_depth", True)),
-        ignore_index=int(_get(cfg, "ignore_index", 255)),
+        aux_weight=float(cfg_get(cfg, "aux_weight", 0.0)) if with_aux else 0.0,
+        options=options,
     )

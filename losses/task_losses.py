@@ -1,4 +1,4 @@
-"""Per-task loss functions (spec §6) and the one table that says which task uses which.
+"""Per-task loss functions (docs/method.md, losses); each Task object names its own (data/tasks.py).
 
 Every function takes the prediction `pred` (B×C×H×W logits or values, any float dtype) and the
 ground truth `gt` (B×C'×H×W float32 as the data loader gives it, ignore values included) and returns
@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "masked_cross_entropy", "balanced_saliency_ce", "balanced_edge_bce", "normalized_l1", "masked_l1",
-    "LOSS_TYPE_OF_TASK", "LOSS_FUNCTIONS",
 ]
 
 IGNORE = 255
@@ -89,23 +88,3 @@ def masked_l1(pred: torch.Tensor, gt: torch.Tensor, ignore_invalid: bool = True,
     gt = gt.float()
     valid = gt != invalid_value if ignore_invalid else torch.ones_like(gt, dtype=torch.bool)
     return ((pred.float() - gt).abs() * valid).sum() / _count(valid)
-
-
-# Loss *type* per task. The spec defines one loss per task (§6), so this is the single place where the
-# criterion looks at task names; adding a task means adding one row here.
-LOSS_TYPE_OF_TASK = {
-    "semseg": "masked_ce",
-    "human_parts": "masked_ce",
-    "sal": "balanced_ce",
-    "edge": "balanced_bce",
-    "normals": "normalized_l1",
-    "depth": "masked_l1",
-}
-
-LOSS_FUNCTIONS = {
-    "masked_ce": masked_cross_entropy,
-    "balanced_ce": balanced_saliency_ce,
-    "balanced_bce": balanced_edge_bce,
-    "normalized_l1": normalized_l1,
-    "masked_l1": masked_l1,
-}

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# Model wrapper (config key `model`) -> the original `head` value it implies (baseline has no diffusion head).
+MODEL_HEADS = {"TaskDiffusion": "TaskDiffusion_head", "TaskDiffusion_mlore": "TaskDiffusion_mlore_head",
+               "baseline": None}
+
 
 def build_model(cfg):
     """'TaskDiffusion' | 'TaskDiffusion_mlore' | 'baseline' -> nn.Module (see models/taskdiffusion.py)."""
@@ -16,5 +20,4 @@ def build_model(cfg):
     if name == "baseline":
         from models.baseline import build_baseline_model
         return build_baseline_model(cfg)
-    raise ValueError(f"unknown model {name!r} in config key `model`; known: 'TaskDiffusion', "
-                     f"'TaskDiffusion_mlore', 'baseline'")
+    raise ValueError(f"unknown model {name!r} in config key `model`; known: {', '.join(map(repr, MODEL_HEADS))}")

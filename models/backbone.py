@@ -29,21 +29,11 @@ from torch import nn
 from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
+from models.variants import KWARG_KEYS, VARIANTS
+from utils.config import cfg_get
+
 PATCH_SIZE = 16
 PRETRAINED_GRID = (24, 24)  # the @384 ImageNet checkpoints: 384/16
-
-# name in config -> sizes, taps (1-based block indices) and the timm weight tag to initialise from
-VARIANTS = {
-    "TaskDiffusion_vitL": dict(embed_dim=1024, depth=24, num_heads=16, taps=(6, 12, 18),
-                               timm_name="vit_large_patch16_384.augreg_in21k_ft_in1k"),
-    "TaskDiffusion_vitB": dict(embed_dim=768, depth=12, num_heads=12, taps=(3, 6, 9),
-                               timm_name="vit_base_patch16_384.augreg_in21k_ft_in1k"),
-    "TaskDiffusion_vitS": dict(embed_dim=384, depth=12, num_heads=6, taps=(3, 6, 9),
-                               timm_name="vit_small_patch16_384.augreg_in21k_ft_in1k"),
-    # tiny width for tests and the demo: sizes come from cfg.backbone_kwargs
-    "TaskDiffusion_vitT": dict(embed_dim=None, depth=None, num_heads=None, taps=None, timm_name=None),
-}
-_KWARG_KEYS = ("embed_dim", "depth", "num_heads", "taps", "mlp_ratio")
 
 
 def _linspace(start: float, end: float, n: int) -> list[float]:
@@ -150,22 +140,16 @@ class ViTMultiLevel(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _get(cfg, key, default=None):
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def backbone_spec(cfg) -> dict:
     """Sizes of the configured backbone: VARIANTS entry updated by cfg.backbone_kwargs."""
-    name = _get(cfg, "backbone")
+    name = cfg_get(cfg, "backbone")
     if name not in VARIANTS:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(VARIANTS)}")
     spec = dict(VARIANTS[name], mlp_ratio=4.0)
-    extra = dict(_get(cfg, "backbone_kwargs", None) or {})
-    unknown = set(extra) - set(_KWARG_KEYS)
+    extra = dict(cfg_get(cfg, "backbone_kwargs", None) or {})
+    unknown = set(extra) - set(KWARG_KEYS)
     if unknown:
-        raise ValueError(f"backbone_kwargs: unknown keys {sorted(unknown)}; allowed: {list(_KWARG_KEYS)}")
+        raise ValueError(f"backbone_kwargs: unknown keys {sorted(unknown)}; allowed: {list(KWARG_KEYS)}")
     spec.update(extra)
     missing = [k for k in ("embed_dim", "depth", "num_heads", "taps") if spec.get(k) is None]
     if missing:
@@ -179,16 +163,16 @@ def build_backbone(cfg) -> ViTMultiLevel:
     """The configured ViT (cfg.backbone, cfg.backbone_kwargs, cfg.final_embed_dim, cfg.TRAIN.SCALE,
     cfg.drop_path_rate), with ImageNet weights from cfg.backbone_weights when set."""
     spec = backbone_spec(cfg)
-    train = _get(cfg, "TRAIN", None)
-    scale = _get(train, "SCALE", None) if train is not None else None
+    train = cfg_get(cfg, "TRAIN", None)
+    scale = cfg_get(train, "SCALE", None) if train is not None else None
     if scale is None:
         raise ValueError("config has no TRAIN.SCALE (the network input size [H, W])")
-    drop_path = _get(cfg, "drop_path_rate", None)
+    drop_path = cfg_get(cfg, "drop_path_rate", None)
     model = ViTMultiLevel(
         img_size=scale, embed_dim=spec["embed_dim"], depth=spec["depth"], num_heads=spec["num_heads"],
-        taps=spec["taps"], out_dim=int(_get(cfg, "final_embed_dim")), mlp_ratio=float(spec["mlp_ratio"]),
+        taps=spec["taps"], out_dim=int(cfg_get(cfg, "final_embed_dim")), mlp_ratio=float(spec["mlp_ratio"]),
         drop_path_rate=0.15 if drop_path is None else float(drop_path))
-    weights = _get(cfg, "backbone_weights", None)
+    weights = cfg_get(cfg, "backbone_weights", None)
     if weights:
         load_pretrained(model, weights, spec)
     return model

@@ -321,8 +321,8 @@ class FpnAux(nn.Module):
 # The MLoRE head and model (spec §5.4-5.6)
 # --------------------------------------------------------------------------------------------------
 
-from models.taskdiffusion import (TaskDiffusion, TaskDiffusionHead, _get,  # noqa: E402
-                                  build_taskdiffusion_model)
+from models.taskdiffusion import TaskDiffusion, TaskDiffusionHead, build_taskdiffusion_model  # noqa: E402
+from utils.config import cfg_get  # noqa: E402
 
 
 class MLoREHead(TaskDiffusionHead):
@@ -378,23 +378,23 @@ class MLoREHead(TaskDiffusionHead):
 
 def mlore_head_kwargs(cfg, router_resize: bool | None = None) -> dict:
     """MLoREHead's extra arguments from a config (rank_list, topk, spatial_size, router resize)."""
-    rank_list, topk = _get(cfg, "rank_list"), _get(cfg, "topk")
+    rank_list, topk = cfg_get(cfg, "rank_list"), cfg_get(cfg, "topk")
     if rank_list is None or topk is None:
         raise ValueError("model TaskDiffusion_mlore needs rank_list (15 expert ranks, paper PASCAL "
                          "[16, 24, ..., 128]) and topk (experts kept per sample, paper PASCAL 3, NYUD 4)")
-    train = _get(cfg, "TRAIN")
-    scale = _get(train, "SCALE") if train is not None else None
+    train = cfg_get(cfg, "TRAIN")
+    scale = cfg_get(train, "SCALE") if train is not None else None
     if scale is None:
         raise ValueError("config has no TRAIN.SCALE (the network input size [H, W])")
     grid = (int(scale[0]) // 16, int(scale[1]) // 16)
-    spatial_size = _get(cfg, "spatial_size")
+    spatial_size = cfg_get(cfg, "spatial_size")
     spatial_size = grid[0] * grid[1] if spatial_size is None else int(spatial_size)
     if spatial_size != grid[0] * grid[1]:
         raise ValueError(f"spatial_size {spatial_size} must equal the token count h*w = {grid[0]}*{grid[1]} = "
                          f"{grid[0] * grid[1]} of the {scale[0]}x{scale[1]} input: the MLoRE router applies a "
                          f"Linear over the flattened token grid. Set spatial_size to that value (or null).")
     if router_resize is None:
-        router_resize = bool(_get(cfg, "mlore_router_resize", False))
+        router_resize = bool(cfg_get(cfg, "mlore_router_resize", False))
     return dict(rank_list=rank_list, topk=int(topk), spatial_size=spatial_size,
                 router_resize_to=grid if router_resize else None)
 

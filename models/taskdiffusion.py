@@ -26,6 +26,8 @@ from models.decoder import (CondConv, CondConvMLP, ConvMLP, CrossTaskFPN, FilmPa
 from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_pairs, draw_sample_noise,
                               draw_train_noise, draw_train_times, logsnr_cosine, noise_latent, to_bits,
                               upsample_bilinear)
+from utils.config import cfg_get
+from utils.seed import name_seed
 
 def sample_rule(info: TaskInfo) -> tuple:
     """How a task's prediction becomes a label again before DDIM re-embeds it (data/tasks.py)."""
@@ -400,6 +402,10 @@ class BackboneHeadModel(nn.Module):
         """images B×3×H×W -> backbone features B×(L·C)×H/16×W/16."""
         return self.backbone(images)
 
+    def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int) -> torch.Tensor | None:
+        """The starting noise of sampling for a batch, or None: a model without diffusion draws none."""
+        return None
+
     @staticmethod
     def resize_outputs(out: dict, size: Sequence[int]) -> dict:
         """Every logit map under 'pred' / 'aux' bilinearly resized to the input size (in place)."""
@@ -411,6 +417,26 @@ class BackboneHeadModel(nn.Module):
 
 class TaskDiffusion(BackboneHeadModel):
     """Backbone + diffusion head; outputs resized to the input size (bilinear, align_corners=False)."""
+
+    def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int) -> torch.Tensor:
+        """The DDIM starting noise for the padded batch `images` (B×3×H×W): (randsteps·B)×M×H/p×W/p
+        float32 on the images' device, the slices of image j drawn from its own seed
+        `utils.seed.name_seed(seed, names[j])` (p: the backbone's patch size, M: the noisy-map width).
+
+        Why per image: noise drawn per batch would make predictions and metrics depend on the batch
+        size and on how images are split over ranks; this way an image always starts from the same
+        noise for a seed. Why here: only the model knows its noise shape, so callers never read the
+        head's or the backbone's sizes. Layout (r b): the repeats are the outer index, as `sample` reads.
+        """
+        r, m, p = int(self.heads.randsteps), int(self.heads.noisy_channels), int(self.backbone.patch_size)
+        b, _, hh, ww = images.shape
+        h, w = hh // p, ww // p
+        z = torch.empty((r, b, m, h, w), dtype=torch.float32)
+        for j, name in enumerate(names):
+            g = torch.Generator()
+            g.manual_seed(name_seed(seed, name))
+            z[:, j] = torch.randn((r, m, h, w), generator=g)
+        return z.reshape(r * b, m, h, w).to(images.device)
 
     def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
                 noise: torch.Tensor | None = None, times: torch.Tensor | None = None,
@@ -437,17 +463,11 @@ class TaskDiffusion(BackboneHeadModel):
 # --------------------------------------------------------------------------------------------------
 
 
-def _get(cfg, key, default=None):
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def config_task_infos(cfg) -> dict:
     """{task: TaskInfo} for cfg.TASKS.NAMES on cfg.db_name, in canonical order."""
-    db = _get(cfg, "db_name") or _get(cfg, "train_db_name")
-    tasks_cfg = _get(cfg, "TASKS")
-    names = _get(tasks_cfg, "NAMES") if tasks_cfg is not None else None
+    db = cfg_get(cfg, "db_name") or cfg_get(cfg, "train_db_name")
+    tasks_cfg = cfg_get(cfg, "TASKS")
+    names = cfg_get(tasks_cfg, "NAMES") if tasks_cfg is not None else None
     if not db or not names:
         raise ValueError("config needs db_name (or train_db_name) and TASKS.NAMES to build the model")
     return task_infos(db, names)
@@ -455,24 +475,24 @@ def config_task_infos(cfg) -> dict:
 
 def head_kwargs_from_config(cfg, num_levels: int = 4) -> dict:
     """TaskDiffusionHead constructor arguments from a config (shared with subclasses' builders)."""
-    bit_scales = _get(cfg, "bit_scales") or {"all": 0.01}
+    bit_scales = cfg_get(cfg, "bit_scales") or {"all": 0.01}
     return dict(
         task_infos=config_task_infos(cfg),
-        embed_dim=int(_get(cfg, "final_embed_dim")),
+        embed_dim=int(cfg_get(cfg, "final_embed_dim")),
         num_levels=num_levels,
-        timesteps=int(_get(cfg, "timesteps", 3)),
-        randsteps=int(_get(cfg, "randsteps", 1)),
-        bit_scale=float(_get(bit_scales, "all", 0.01)),
-        module_layer=int(_get(cfg, "module_layer", 3)),
-        with_aux=bool(_get(cfg, "with_aux", True)),
-        invalid_value=_get(cfg, "ignore_index", 255),
-        clamp_returned_depth=bool(_get(cfg, "clamp_returned_depth", True)),
+        timesteps=int(cfg_get(cfg, "timesteps", 3)),
+        randsteps=int(cfg_get(cfg, "randsteps", 1)),
+        bit_scale=float(cfg_get(bit_scales, "all", 0.01)),
+        module_layer=int(cfg_get(cfg, "module_layer", 3)),
+        with_aux=bool(cfg_get(cfg, "with_aux", True)),
+        invalid_value=cfg_get(cfg, "ignore_index", 255),
+        clamp_returned_depth=bool(cfg_get(cfg, "clamp_returned_depth", True)),
     )
 
 
 def build_taskdiffusion_model(cfg, head_cls: type = TaskDiffusionHead, **extra_head_kwargs) -> TaskDiffusion:
     """Backbone from cfg (models.backbone) + `head_cls` built from the same config."""
-    if _get(cfg, "final_embed_dim") is None:
+    if cfg_get(cfg, "final_embed_dim") is None:
         raise ValueError("config needs final_embed_dim (the decoder width C)")
     backbone = build_backbone(cfg)
     heads = head_cls(**head_kwargs_from_config(cfg, backbone.num_levels), **extra_head_kwargs)

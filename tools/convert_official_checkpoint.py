@@ -29,41 +29,27 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint  # noqa: E402
-
-DDP_PREFIX = "module."
-# Renames from the original's names to ours (none needed: names are kept; the table exists so a
-# future rename stays a one-line change here).
-KEY_RENAMES: dict[str, str] = {}
-
+from utils.checkpoint import extract_state_dict as _extract_state_dict  # noqa: E402
+from utils.checkpoint import rename_keys as _rename_keys  # noqa: E402
 
 class ConversionError(ValueError):
     """The checkpoint does not fit the model; the message lists what differs."""
 
 
 def extract_state_dict(ckpt) -> "OrderedDict[str, torch.Tensor]":
-    """The model state dict from `{'model': sd, ...}`, `{'state_dict': sd}` or a bare state dict."""
-    if isinstance(ckpt, Mapping):
-        for key in ("model", "state_dict"):
-            if key in ckpt and isinstance(ckpt[key], Mapping):
-                return OrderedDict(ckpt[key])
-        if all(torch.is_tensor(v) for v in ckpt.values()):
-            return OrderedDict(ckpt)
-    raise ConversionError("checkpoint holds no state dict: expected {'model': state_dict}, "
-                          "{'state_dict': state_dict} or a plain name -> tensor mapping")
+    """utils.checkpoint.extract_state_dict, failing with ConversionError (this tool's error type)."""
+    try:
+        return _extract_state_dict(ckpt)
+    except CheckpointError as err:
+        raise ConversionError(str(err)) from None
 
 
 def rename_keys(sd: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """Strip DDP's `module.` prefix and apply KEY_RENAMES."""
-    out = OrderedDict()
-    for k, v in sd.items():
-        name = k[len(DDP_PREFIX):] if k.startswith(DDP_PREFIX) else k
-        for old, new in KEY_RENAMES.items():
-            if name.startswith(old):
-                name = new + name[len(old):]
-        if name in out:
-            raise ConversionError(f"two checkpoint keys map to {name!r} (with and without '{DDP_PREFIX}'?)")
-        out[name] = v
-    return out
+    """utils.checkpoint.rename_keys (prefixes stripped, KEY_RENAMES applied), failing with ConversionError."""
+    try:
+        return _rename_keys(sd)
+    except CheckpointError as err:
+        raise ConversionError(str(err)) from None
 
 
 def _list(items, limit: int = 20) -> str:
@@ -136,7 +122,7 @@ def main(argv=None) -> int:
     try:
         sd = extract_state_dict(ckpt)
         if args.config:
-            from utils.config import load_config
+            from engine.config import load_config
             cfg = load_config(args.config, opts=args.opts)
             sd = convert_state_dict(sd, build_reference_model(cfg))
             print(f"verified {len(sd)} tensors against {args.config}")

@@ -3,7 +3,7 @@
 The framework computes odsF itself (evaluation/boundary.py). This tool is for users who must reproduce
 the published protocol byte for byte with prismformore's Boundary-Detection-Evaluation-Tools (SEISM):
 that wrapper reads `<prediction_path>/edge/<id>.png` and asserts the file count (5105 for PASCALContext
-val, 654 for NYUD val).
+val, 654 for NYUD val: the DatasetSpec.split_sizes of data/datasets.py).
 
 Each PNG: sigmoid(logit)·255 at the padded network size, cropped back to the original H0×W0 (centred
 padding: top (H - H0)//2, left (W - W0)//2), cast to uint8 by truncation, single channel 8-bit.
@@ -27,9 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from evaluation.postprocess import edge_uint8  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
-__all__ = ["save_edge_pngs", "edge_png_arrays", "main"]
-
-EXPECTED_COUNT = {"PASCALContext": 5105, "NYUD": 654}
+__all__ = ["save_edge_pngs", "edge_png_arrays", "SeismSink", "main"]
 
 
 def edge_png_arrays(edge: torch.Tensor, meta, is_logits: bool = True) -> list:
@@ -65,6 +63,17 @@ def save_edge_pngs(edge: torch.Tensor, meta, out_dir: str, is_logits: bool = Tru
     return paths
 
 
+class SeismSink:
+    """A sink of the shared prediction path (engine.predict.run_predictions): each batch's edge maps as
+    SEISM PNGs under <out_dir>/edge/, so the exported maps are the ones evaluation and infer.py predict."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.written = out_dir, 0
+
+    def add(self, done) -> None:
+        self.written += len(save_edge_pngs(done.pred["edge"], done.batch["meta"], self.out_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from utils.cli import add_model_args
 
@@ -80,10 +89,13 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from data import DatasetError, build_dataloader
-    from engine.inference import predict_batch
+    from data.datasets import dataset_spec
+    from data.tasks import task_infos
+    from engine.predict import run_predictions
     from utils.checkpoint import CheckpointError
-    from utils.cli import fail, load_cli_config, load_trained_model, pick_device
-    from utils.config import bf16_autocast
+    from engine.cli import load_cli_config, load_trained_model
+    from utils.cli import fail, pick_device
+    from utils.precision import bf16_autocast
 
     cfg = load_cli_config(args)
     if cfg is None:
@@ -93,18 +105,22 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     try:
         model = load_trained_model(cfg, args.trained_model, device, trusted=args.trust_checkpoint)
-        loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size)
+        loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size,
+                                  catch_errors=True)
     except (CheckpointError, DatasetError, FileNotFoundError) as err:
         return fail(err)
-    # the evaluation loop's per-image noise and precision, so the PNGs equal what the framework scored
+    # the evaluation path's per-image noise and precision, so the PNGs equal what the framework scored
     seed = int(cfg.get("seed", 0) if args.seed is None else args.seed)
-    written = 0
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="export edges", dynamic_ncols=True):
-            pred = predict_batch(model, batch["image"].to(device), list(batch["meta"]["img_name"]), seed,
-                                 amp=bf16_autocast(cfg, device))
-            written += len(save_edge_pngs(pred["edge"], batch["meta"], args.output))
-    expected = EXPECTED_COUNT.get(cfg.db_name)
+    sink = SeismSink(args.output)
+    try:
+        run_predictions(model, loader, [sink], tasks=task_infos(cfg.db_name, ["edge"]), device=device, seed=seed,
+                        amp=bf16_autocast(cfg, device), data_errors="abort",
+                        progress=tqdm(total=len(loader.dataset), desc="export edges", dynamic_ncols=True),
+                        advice="fix or remove the file and export again: SEISM needs every image")
+    except DatasetError as err:
+        return fail(err)
+    written = sink.written
+    expected = dataset_spec(cfg.db_name).split_sizes.get("val")  # the release size the wrapper asserts
     note = "" if expected in (None, written) or args.split != "val" else \
         f" (the MATLAB wrapper expects {expected} files for {cfg.db_name} val)"
     print(f"wrote {written} edge PNGs to {os.path.join(args.output, 'edge')}{note}")

@@ -18,7 +18,7 @@ a full unpickle (the original repository's .pth.tar with EasyDict/Namespace obje
 are refused unless the caller says the file is trusted (`trusted=True`, `--trust_checkpoint`).
 
 Loading weights (`load_model_weights`) accepts this format, a bare state dict, and the original's
-checkpoints whose keys carry `module.` (converted by tools.convert_official_checkpoint when present).
+checkpoints whose keys carry `module.` (`extract_model_state`, shared with tools/convert_official_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from utils.io import atomic_write, is_atomic_temporary
+from utils.plain import to_plain
 
 __all__ = ["CKPT_DIR", "LAST", "BEST", "FORMAT_VERSION", "unwrap_model", "atomic_torch_save", "checkpoint_dir",
            "last_checkpoint", "periodic_name", "build_state", "save_checkpoint", "load_checkpoint",
@@ -103,7 +104,7 @@ def build_state(model: nn.Module, optimizer=None, scheduler=None, scaler=None, i
         "scaler": _safe(scaler.state_dict(), "scaler") if scaler is not None else None,
         "iteration": int(iteration),
         "rng": _safe(rng, "rng"),
-        "config": _safe(_plain(config), "config") if config is not None else None,
+        "config": _safe(to_plain(config), "config") if config is not None else None,
         "best": _safe(best, "best"),
     }
     if extra:
@@ -259,29 +260,42 @@ def _pickle_globals(path: str) -> list | None:
     return sorted(set(names)) or None
 
 
+# Renames from the original's parameter names to ours (none needed: names are kept; the table exists so
+# a future rename stays a one-line change here; tools/convert_official_checkpoint.py uses it too).
+KEY_RENAMES: dict = {}
+
+
+def extract_state_dict(ckpt) -> "OrderedDict[str, torch.Tensor]":
+    """The model state dict from `{'model': sd, ...}`, `{'state_dict': sd}` or a bare state dict."""
+    if isinstance(ckpt, Mapping):
+        for key in ("model", "state_dict"):
+            if key in ckpt and isinstance(ckpt[key], Mapping):
+                return OrderedDict(ckpt[key])
+        if all(torch.is_tensor(v) for v in ckpt.values()):
+            return OrderedDict(ckpt)
+    raise CheckpointError("checkpoint holds no state dict: expected {'model': state_dict}, "
+                          "{'state_dict': state_dict} or a plain name -> tensor mapping")
+
+
+def rename_keys(sd: Mapping) -> "OrderedDict[str, torch.Tensor]":
+    """Strip DDP's `module.` and torch.compile's `_orig_mod.` prefixes and apply KEY_RENAMES."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        name = k[len(COMPILE_PREFIX):] if k.startswith(COMPILE_PREFIX) else k
+        name = name[len(DDP_PREFIX):] if name.startswith(DDP_PREFIX) else name
+        for old, new in KEY_RENAMES.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+        if name in out:
+            raise CheckpointError(f"two checkpoint keys map to {name!r} (with and without '{DDP_PREFIX}'?)")
+        out[name] = v
+    return out
+
+
 def extract_model_state(ckpt) -> "OrderedDict[str, torch.Tensor]":
     """The model state dict of a checkpoint (ours, the original's {'model': ...}, or a bare state dict),
     with DDP `module.` and torch.compile `_orig_mod.` prefixes removed."""
-    try:
-        from tools.convert_official_checkpoint import extract_state_dict, rename_keys
-    except ImportError:  # the converter is optional: fall back to a plain prefix strip
-        extract_state_dict = rename_keys = None
-    if extract_state_dict is not None:
-        try:
-            sd = extract_state_dict(ckpt)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
-    else:
-        sd = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, Mapping) else None
-        if not isinstance(sd, Mapping):
-            raise CheckpointError("checkpoint holds no model state dict")
-    sd = OrderedDict((k[len(COMPILE_PREFIX):] if k.startswith(COMPILE_PREFIX) else k, v) for k, v in sd.items())
-    if rename_keys is not None:
-        try:
-            return rename_keys(sd)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
-    return OrderedDict((k[len(DDP_PREFIX):] if k.startswith(DDP_PREFIX) else k, v) for k, v in sd.items())
+    return rename_keys(extract_state_dict(ckpt))
 
 
 def load_model_weights(model: nn.Module, source, strict: bool = True, trusted: bool = False) -> dict:
@@ -316,15 +330,6 @@ def _head(items, n: int = 5) -> str:
     if not items:
         return "[]"
     return "[" + ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "") + "]"
-
-
-def _plain(v):
-    """Plain containers for pickling a config without EasyDict (loadable without this package)."""
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes)

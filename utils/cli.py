@@ -1,7 +1,9 @@
-"""Command-line pieces shared by the tools that run a trained checkpoint (infer.py, tools/*.py).
+"""Command-line pieces shared by the tools that run a trained checkpoint (infer.py, tools/*.py): the
+arguments, the `error: ...` line and the device choice.
 
-Every such tool takes the same model arguments, reports a bad config or checkpoint the same way (one
-`error: ...` line, exit status 2) and builds the model the same way, so a fix lands in one place.
+Every such tool takes the same model arguments and reports a bad config or checkpoint the same way (one
+`error: ...` line, exit status 2), so a fix lands in one place. Loading the config with its checks and
+building the trained model need the packages above utils: they are in engine/cli.py.
 """
 from __future__ import annotations
 
@@ -33,34 +35,8 @@ def fail(message) -> int:
     return 2
 
 
-def load_cli_config(args):
-    """The config named by --config_exp with --opts/--data_root applied, or None after printing why."""
-    from utils.config import ConfigError, load_config
-
-    try:
-        return load_config(args.config_exp, opts=args.opts, data_root=args.data_root)
-    except ConfigError as err:
-        fail(err)
-        return None
-
-
 def pick_device(name: str | None):
     """--device, or CUDA when available, else CPU."""
     import torch
 
     return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_trained_model(cfg, checkpoint: str, device, trusted: bool = False):
-    """The config's model with the checkpoint's weights, in eval mode on `device`.
-
-    trusted: the user passed --trust_checkpoint, so a checkpoint that needs a full unpickle may be opened.
-    Raises utils.checkpoint.CheckpointError (file, key and what to do) when the weights do not fit or the
-    file needs trust it was not given.
-    """
-    from models import build_model
-    from utils.checkpoint import load_model_weights
-
-    model = build_model(cfg)
-    load_model_weights(model, checkpoint, trusted=trusted)
-    return model.to(device).eval()

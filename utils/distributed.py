@@ -28,7 +28,7 @@ __all__ = [
     "DistInfo", "init_distributed", "is_dist_avail_and_initialized", "get_rank", "get_world_size",
     "is_main_process", "barrier", "all_reduce_sum", "all_gather_object", "broadcast_object",
     "cleanup_distributed", "DEFAULT_TIMEOUT_MINUTES", "env_rank", "env_world_size", "is_main_process_env",
-    "elastic_restart_count", "elastic_store_warning", "any_rank", "format_error", "report_error",
+    "elastic_store_warning", "any_rank", "format_error", "report_error",
 ]
 
 DEFAULT_TIMEOUT_MINUTES = 30.0  # the default of the config key dist_timeout_minutes
@@ -184,12 +184,6 @@ def env_world_size() -> int:
 def is_main_process_env() -> bool:
     """Rank 0 according to the launcher: decides who prints before `init_distributed` has run."""
     return env_rank() == 0
-
-
-def elastic_restart_count() -> int:
-    """How often torchrun restarted the worker group (--max-restarts); 0 on the first attempt or without
-    torchrun. Lets the log say that a run continues after a worker failure."""
-    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
 
 
 def barrier() -> None:

@@ -13,20 +13,16 @@ position embeddings, class tokens and embedding tables from weight decay (`no_we
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "build_scheduler", "param_groups", "PolyWarmup", "no_decay_names"]
+from utils.config import Checker, cfg_get, register_config_check
+
+__all__ = ["build_optimizer", "build_scheduler", "param_groups", "PolyWarmup", "no_decay_names",
+           "check_optimizer_keys"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _NO_DECAY_SUFFIXES = ("pos_embed", "cls_token", "dist_token", "reg_token", "mask_token")
-
-
-def _get(cfg, key, default=None):
-    val = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if val is None else val
 
 
 def no_decay_names(model: nn.Module) -> set:
@@ -55,15 +51,29 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool)
     return groups
 
 
+def check_optimizer_keys(cfg: dict, raw: dict, chk: Checker) -> None:
+    """Config cross-check (registered with utils.config on import): an optimizer_kwargs extra only with
+    the optimizer that takes it, since build_optimizer would otherwise drop it without a word."""
+    kw = cfg["optimizer_kwargs"]
+    for k, valid in (("momentum", ("sgd",)), ("nesterov", ("sgd",)), ("betas", ("adam", "adamw")),
+                     ("eps", ("adam", "adamw"))):
+        if k in kw and cfg["optimizer"] not in valid:
+            chk.fail(f"optimizer_kwargs.{k}", f"applies to optimizer {'/'.join(valid)}, not {cfg['optimizer']!r}.",
+                     "Remove it or change `optimizer`.")
+
+
+register_config_check(check_optimizer_keys, "optimizer")
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """Adam (default, L2 decay as the paper), AdamW or SGD from cfg.optimizer / cfg.optimizer_kwargs."""
-    name = str(_get(cfg, "optimizer", "adam")).lower()
-    kw = dict(_get(cfg, "optimizer_kwargs", {}))
+    name = str(cfg_get(cfg, "optimizer", "adam")).lower()
+    kw = dict(cfg_get(cfg, "optimizer_kwargs", {}))
     if "lr" not in kw:
         raise ValueError("optimizer_kwargs.lr is missing from the config")
     lr = float(kw.pop("lr"))
     wd = float(kw.pop("weight_decay", 0.0))
-    groups = param_groups(model, wd, bool(_get(cfg, "no_weight_decay_norm_bias", False)))
+    groups = param_groups(model, wd, bool(cfg_get(cfg, "no_weight_decay_norm_bias", False)))
     if name in ("adam", "adamw"):
         extra = {}
         if "betas" in kw:
@@ -98,22 +108,17 @@ class PolyWarmup:
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration poly schedule (spec §8) with optional warm-up; call `.step()` after every optimizer step."""
-    name = str(_get(cfg, "scheduler", "poly"))
+    name = str(cfg_get(cfg, "scheduler", "poly"))
     if name != "poly":
         raise ValueError(f"unknown scheduler {name!r} (config key `scheduler`); only 'poly' is available")
-    kw = _get(cfg, "scheduler_kwargs", {}) or {}
-    base = float(_get(cfg, "optimizer_kwargs", {})["lr"])
-    min_lr = float(_get(kw, "min_lr", 0.0))
-    fn = PolyWarmup(int(_get(cfg, "max_iter", 40000)), float(_get(kw, "power", 0.9)),
-                    int(_get(cfg, "warmup_iters", 0)), min_lr / base if base > 0 else 0.0)
+    kw = cfg_get(cfg, "scheduler_kwargs", {}) or {}
+    base = float(cfg_get(cfg, "optimizer_kwargs", {})["lr"])
+    min_lr = float(cfg_get(kw, "min_lr", 0.0))
+    fn = PolyWarmup(int(cfg_get(cfg, "max_iter", 40000)), float(cfg_get(kw, "power", 0.9)),
+                    int(cfg_get(cfg, "warmup_iters", 0)), min_lr / base if base > 0 else 0.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=fn)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """Learning rate of the first parameter group (all groups share the schedule)."""
     return float(optimizer.param_groups[0]["lr"])
-
-
-def parameters_of(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
-    for g in optimizer.param_groups:
-        yield from g["params"]

@@ -19,7 +19,7 @@ from utils.io import atomic_write
 
 __all__ = ["voc_palette", "colorize_labels", "depth_to_color", "normals_to_rgb", "gray_to_rgb",
            "denormalize_image", "prediction_to_numpy", "target_to_numpy", "task_picture", "make_grid",
-           "add_caption", "save_png", "save_label_png", "save_depth_png16", "resize_picture"]
+           "add_caption", "save_png", "save_label_png", "save_depth_png16"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -159,14 +159,6 @@ def task_picture(info, value: np.ndarray, valid: np.ndarray | None = None, depth
     if rule == "l2":
         return normals_to_rgb(value, valid)
     raise ValueError(f"task {info.name}: unknown sample rule {info.sample_rule!r}")
-
-
-def resize_picture(img: np.ndarray, height: int, width: int, nearest: bool = True) -> np.ndarray:
-    import cv2
-
-    if img.shape[:2] == (height, width):
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
 
 def add_caption(img: np.ndarray, text: str, height: int = 14) -> np.ndarray:

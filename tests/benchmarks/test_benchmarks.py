@@ -64,7 +64,7 @@ def test_learning_end_to_end_tiny(tmp_path, capsys):
     assert (tmp_path / "runs" / "learn_pascal_TaskDiffusion_s0_t" / "checkpoints").is_dir()
     # an inference-only variant re-evaluates the default checkpoint instead of training
     steps1 = tmp_path / "runs" / "learn_pascal_TaskDiffusion_steps1_s0_t"
-    assert not (steps1 / "checkpoints").exists() and list((steps1 / "metrics").glob("metrics_infer_iter*.json"))
+    assert not (steps1 / "checkpoints").exists() and list(steps1.glob("infer_*/metrics/metrics_infer_iter*.json"))
     assert "| **TaskDiffusion[steps1]** | mean |" in capsys.readouterr().out
 
 

@@ -27,7 +27,7 @@ def tiny_data(tmp_path_factory) -> str:
 
 
 def tiny_cfg(data_root: str, output_dir, *opts):
-    from utils.config import load_config
+    from engine.config import load_config
 
     cfg = load_config(CONFIG, opts=BASE_OPTS + list(opts), data_root=data_root, output_dir=str(output_dir))
     cfg.run_mode = "train"

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 import infer
-from engine.evaluator import PredictionWriter
 from tests.engine.conftest import BASE_OPTS, CONFIG, tiny_cfg
 from utils.checkpoint import build_state, save_checkpoint
 
@@ -81,9 +80,8 @@ def test_split_val_writes_metrics(checkpoint, tiny_data, tmp_path):
 def test_depth_writer(tmp_path):
     from data.tasks import task_infos
 
-    infos = task_infos("NYUD", ["depth"])
-    w = PredictionWriter(str(tmp_path), infos)
-    paths = w.write("0001", {"depth": np.array([[0.5, 2.25], [10.0, 0.0]], np.float32)})
+    depth = task_infos("NYUD", ["depth"])["depth"]
+    paths = depth.write(str(tmp_path), "0001", np.array([[0.5, 2.25], [10.0, 0.0]], np.float32))
     import cv2
 
     mm = cv2.imread(paths[0], cv2.IMREAD_UNCHANGED)

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import infer
-from engine import inference
-from engine.inference import OVERVIEW_MAX_SIDE, InferenceError
+from engine import inference, pictures, predict
+from engine.inference import InferenceError
+from engine.pictures import OVERVIEW_MAX_SIDE
 from tests.engine.conftest import BASE_OPTS, CONFIG, ROOT, env_for_subprocess, tiny_cfg
 from utils.checkpoint import build_state, save_checkpoint
 
@@ -97,13 +98,13 @@ def test_unreadable_images_skipped_and_summarised_with_and_without_workers(check
 
 def test_batch_of_only_bad_images_has_no_forward_pass(checkpoint, mixed_folder, tmp_path, capsys, monkeypatch):
     sizes = []
-    real = inference.predict_batch
+    real = predict.predict_batch
 
     def counting(model, images, names, seed, amp=False):
         sizes.append(len(names))
         return real(model, images, names, seed, amp=amp)
 
-    monkeypatch.setattr(inference, "predict_batch", counting)
+    monkeypatch.setattr(predict, "predict_batch", counting)
     assert infer.main(_argv(checkpoint, mixed_folder, tmp_path / "o", "--batch_size", "2")) == infer.EXIT_UNREADABLE
     assert sizes == [2, 1]  # batches [a1, a2], [b_corrupt, c_truncated] (skipped), [d]
     line = _one_error(infer.EXIT_UNREADABLE, capsys.readouterr().err, infer.EXIT_UNREADABLE)
@@ -219,9 +220,9 @@ def test_overview_picture_cap_with_ground_truth():
     maps = {"semseg": rng.integers(0, 21, (120, 400)).astype(np.int64),
             "normals": rng.normal(size=(120, 400, 3)).astype(np.float32)}
     gts = {t: (v, np.ones((120, 400), bool)) for t, v in maps.items()}
-    small = inference.overview_picture(infos, img, maps, gts, max_side=500)
+    small = pictures.overview_picture(infos, img, maps, gts, max_side=500)
     assert max(small.shape[:2]) <= 500 and small.shape[1] > 450
-    full = inference.overview_picture(infos, img, maps, gts, max_side=OVERVIEW_MAX_SIDE)
+    full = pictures.overview_picture(infos, img, maps, gts, max_side=OVERVIEW_MAX_SIDE)
     assert full.shape[:2] == (2 * (14 + 120 + 2) + 2, 3 * (400 + 2) + 2)  # unchanged below the cap
 
 
@@ -231,3 +232,16 @@ def test_failure_summary_names_at_most_a_few():
     assert text.startswith("25 of 30 images could not be read: f0.jpg (cannot identify image file), ")
     assert "f19.jpg" in text and "f20.jpg" not in text and "and 5 more" in text and text.endswith("; fix them")
     assert inference.one_line("no layout:\n  a/   b\n\nc") == "no layout: | a/ b | c"
+
+
+def test_a_failed_write_is_one_line_about_the_output_folder(tmp_path):
+    import errno
+
+    class Full:
+        def add(self, done):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(InferenceError) as err:
+        inference.GuardWrites([Full()], str(tmp_path)).add(None)
+    assert str(err.value) == (f"output folder {tmp_path}: writing the predictions failed (No space left on device); "
+                              f"free disk space or pass another --output")

@@ -3,6 +3,7 @@ import pytest
 import torch
 from easydict import EasyDict
 
+from data.tasks import task_info
 from losses import MultiTaskCriterion, build_criterion, load_balancing_loss
 
 PASCAL_WEIGHTS = {"semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "edge": 50.0, "normals": 10.0,
@@ -100,7 +101,7 @@ def test_autocast_bf16_outputs_give_float32_loss():
 def test_errors_name_the_problem():
     out, gt = _batch()
     with pytest.raises(ValueError, match="loss_weights"):
-        MultiTaskCriterion(["semseg"], loss_weights={})
+        MultiTaskCriterion([task_info("PASCALContext", "semseg")], loss_weights={})
     crit = build_criterion(_cfg())
     del out["pred"]["sal"]
     with pytest.raises(KeyError, match="sal"):

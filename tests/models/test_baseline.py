@@ -88,7 +88,7 @@ def test_parameter_count_comparable_to_taskdiffusion_tiny():
     ("configs/nyud/vitL.yml", 423_710_506, 476_982_962),
 ])
 def test_parameter_count_paper_configs(repo_root, path, base_count, diff_count):
-    from utils.config import load_config
+    from engine.config import load_config
 
     cfg = load_config(str(repo_root / path), opts=["backbone_weights=null", "model=baseline"],
                       data_root=str(repo_root))

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
+from engine.config import load_config
 from tools.convert_official_checkpoint import (ConversionError, build_reference_model, convert_state_dict,
                                                extract_state_dict, main)
-from utils.config import load_config
 
 
 # official reference (non-MLoRE; the MLoRE ones are tested with models/mlore.py) -> our config

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.config import load_config
 from tools.convert_official_checkpoint import build_reference_model
-from utils.config import load_config
 
 
 # spec §4.12: config -> (total, backbone, head)

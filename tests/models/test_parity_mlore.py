@@ -157,7 +157,7 @@ PAPER = {
 
 
 def _meta_model(repo_root, name):
-    from utils.config import load_config
+    from engine.config import load_config
 
     cfg = load_config(str(repo_root / PAPER[name][0]), opts=["backbone_weights=null"], data_root=str(repo_root))
     with torch.device("meta"):

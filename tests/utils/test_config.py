@@ -1,5 +1,6 @@
-"""Tests of utils/config.py (and main.py's config handling): shipped configs, validation errors,
-overrides, inheritance, dataset-root precedence, saving, and main.py's exit status on bad input."""
+"""Tests of config loading (utils/config.py, the schema in utils/config_schema.py, the packages' cross-checks
+loaded by engine/config.py) and main.py's config handling: shipped configs, validation errors, overrides,
+inheritance, dataset-root precedence, saving, and main.py's exit status on bad input."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ import pytest
 import yaml
 
 from data import tasks as task_table
-from utils.config import (DATA_ENV_VAR, SCHEMA, ConfigError, config_to_dict, load_config, parse_opts,
-                          save_config, schema_doc)
+from engine.config import load_config
+from utils.config import DATA_ENV_VAR, SCHEMA, ConfigError, cfg_get, config_to_dict, parse_opts, save_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -410,12 +411,50 @@ def test_config_to_dict_is_plain():
         stack.extend(x.values() if isinstance(x, dict) else x if isinstance(x, list) else [])
 
 
-def test_schema_is_documented():
-    text = schema_doc()
-    for key, spec in SCHEMA.items():
+def test_every_key_has_a_doc():
+    stack = list(SCHEMA.items())
+    while stack:
+        key, spec = stack.pop()
         assert spec.doc, key
-        assert f"{key}:" in text
-    assert "optimizer_kwargs.lr" in text
+        if spec.kind == "dict":
+            stack.extend((f"{key}.{k}", s) for k, s in spec.children.items())
+    assert "lr" in SCHEMA["optimizer_kwargs"].children and "include_edge" in SCHEMA["task_dictionary"].children
+
+
+def test_the_generic_loader_says_when_the_checks_are_not_loaded(tmp_path):
+    """utils.config alone does not know the datasets, tasks or models: it says so instead of rejecting them."""
+    code = ("import sys\nfrom utils.config import ConfigError, load_config\n"
+            "try:\n    load_config(sys.argv[1])\nexcept ConfigError as err:\n    print(err)\n")
+    p = write(tmp_path / "c.yml", MINIMAL)
+    out = subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "'train_db_name'" in out and "data package" in out and "engine.config.load_config" in out
+
+
+def test_cross_checks_run_in_registration_order_and_may_derive(tmp_path):
+    from utils import config as loader
+
+    seen = []
+
+    def probe(cfg, raw, chk):
+        seen.append(list(cfg["TASKS"]["NAMES"]))  # derived by the data check, registered before
+        cfg["probe"] = raw.get("seed", "unset")
+
+    loader.register_config_check(probe, "probe")
+    try:
+        names = loader.registered_checks()
+        assert names[-1] == "probe" and all(names.index("data") < names.index(n) for n in ("losses", "models", "evaluation"))
+        cfg = load_config(write(tmp_path / "c.yml", with_(seed=5)))
+    finally:
+        loader._CHECKS.pop("probe")
+    assert seen == [["semseg"]] and cfg.probe == 5
+
+
+def test_cfg_get_treats_a_stored_none_as_missing():
+    from types import SimpleNamespace
+
+    assert cfg_get({"a": None}, "a", 3) == 3 and cfg_get({"a": 0}, "a", 3) == 0 and cfg_get({}, "a") is None
+    assert cfg_get(SimpleNamespace(a=None, b=2), "a", 1) == 1 and cfg_get(SimpleNamespace(b=2), "b") == 2
 
 
 # ---------------------------------------------------------------- main.py
@@ -494,15 +533,3 @@ def test_main_rejects_missing_pretrained_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "backbone_weights" in err and "none.safetensors" in err
 
-
-def test_bf16_autocast_reads_amp_and_amp_cpu():
-    import torch
-
-    from utils.config import bf16_autocast
-
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
-    assert bf16_autocast({"amp": True}, gpu) and not bf16_autocast({"amp": False}, gpu)
-    assert not bf16_autocast({"amp": True}, cpu)  # the default: fp32 on CPU
-    assert bf16_autocast({"amp": True, "amp_cpu": True}, cpu) and bf16_autocast({"amp": True, "amp_cpu": True}, "cpu")
-    assert not bf16_autocast({"amp": False, "amp_cpu": True}, cpu)  # amp off switches both off
-    assert not bf16_autocast({"amp": True, "amp_cpu": True}, torch.device("meta"))

@@ -34,13 +34,12 @@ def test_single_process_defaults(monkeypatch):
 
 
 def test_environment_helpers(monkeypatch):
-    for var in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RESTART_COUNT"):
+    for var in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(var, raising=False)
-    assert (D.env_rank(), D.env_world_size(), D.is_main_process_env(), D.elastic_restart_count()) == (0, 1, True, 0)
+    assert (D.env_rank(), D.env_world_size(), D.is_main_process_env()) == (0, 1, True)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
-    assert (D.env_rank(), D.env_world_size(), D.is_main_process_env(), D.elastic_restart_count()) == (3, 4, False, 2)
+    assert (D.env_rank(), D.env_world_size(), D.is_main_process_env()) == (3, 4, False)
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(RuntimeError, match="RANK='x'"):
         D.env_rank()

@@ -1,0 +1,66 @@
+"""Where predictions go: the sinks of engine.predict.run_predictions.
+
+A sink has one method, `add(done)`, called once per predicted batch (done: engine.predict.PredictedBatch,
+whose per-image views are at the original image size). Each caller composes the sinks it needs:
+evaluate() metrics (+ PNGs at the end of training, + TensorBoard grids), infer.py PNGs + overviews
+(+ metrics on a split), the SEISM exporter its own edge PNGs (tools/export_edges_for_seism.py).
+"""
+from __future__ import annotations
+
+import os
+
+from engine.pictures import OVERVIEW_MAX_SIDE, overview_picture
+from utils import visualization as vis
+
+__all__ = ["MetricsSink", "PredictionPNGSink", "VisualGridSink"]
+
+
+class MetricsSink:
+    """Feeds an evaluation accumulator (evaluation.build_evaluator) with the raw padded predictions."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        evaluator.reset()
+
+    def add(self, done) -> None:
+        self.evaluator.update(done.pred, done.batch)
+
+    def compute(self) -> dict:
+        """{task: {metric: value}} over every rank (a collective: all ranks call it)."""
+        self.evaluator.synchronize()
+        return self.evaluator.compute()
+
+
+class PredictionPNGSink:
+    """Writes every image's predictions at its original size under folder/<task>/ (Task.write)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def add(self, done) -> None:
+        for j, name in enumerate(done.names):
+            for t, value in done.maps(j).items():
+                done.tasks[t].write(self.folder, name, value)
+
+
+class VisualGridSink:
+    """Overview pictures, input | ground truth | prediction per task (engine.pictures.overview_picture).
+
+    folder: write each as folder/<name>.png; None: keep them in `grids` as (name, RGB array), for
+    TensorBoard. limit: at most this many images (the first ones); None: all.
+    """
+
+    def __init__(self, folder: str | None = None, limit: int | None = None, max_side: int = OVERVIEW_MAX_SIDE):
+        self.folder, self.limit, self.max_side = folder, limit, max_side
+        self.grids, self.seen = [], 0
+
+    def add(self, done) -> None:
+        for j, name in enumerate(done.names):
+            if self.limit is not None and self.seen >= self.limit:
+                return
+            self.seen += 1
+            grid = overview_picture(done.tasks, done.image(j), done.maps(j), done.targets(j), self.max_side)
+            if self.folder is None:
+                self.grids.append((name, grid))
+            else:
+                vis.save_png(os.path.join(self.folder, f"{name}.png"), grid)
