@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_targets(cfg, batch: int, size, device, generator=None) -> dict:
-    """A batch of ground truths with the spec §1.1 shapes and plausible values (ignore-free)."""
+    """A batch of ground truths with the docs/method.md#sample-dict-and-batches shapes and plausible values (ignore-free)."""
     h, w = size
     g = generator
     out = {}

@@ -1,4 +1,4 @@
-"""Datasets, transforms and loaders for PASCAL-Context, NYUD-v2 and registered plug-in datasets (spec §1, §2).
+"""Datasets, transforms and loaders for PASCAL-Context, NYUD-v2 and registered plug-in datasets (docs/method.md#datasets-and-labels, docs/method.md#data-pipeline).
 
 Public API:
   build_dataset(cfg, split, transform=None)   the reader of cfg.db_name (its DatasetSpec, data/datasets.py);
@@ -89,7 +89,7 @@ def split_seed(*parts) -> int:
 
 
 def build_transforms(cfg, split: str, seed=None):
-    """The spec §2 pipeline for `split` ('train' → random augmentation at TRAIN.SCALE; else val at TEST.SCALE)."""
+    """The docs/method.md#data-pipeline pipeline for `split` ('train' → random augmentation at TRAIN.SCALE; else val at TEST.SCALE)."""
     from .transforms import train_transforms, val_transforms
 
     db_name = _db_name(cfg)
@@ -127,7 +127,7 @@ def build_dataset(cfg, split: str, transform=None, cache_dir=None):
 
 
 def collate_fn(samples):
-    """list of sample dicts → batch dict (spec §1.1).
+    """list of sample dicts → batch dict (docs/method.md#sample-dict-and-batches).
 
     Tensors (and numpy arrays) are stacked on a new batch dim; `meta` becomes
     {'img_name': list[str], 'img_size': list of int64 tensors [H0, W0]}; keys containing 'idx' are dropped.

@@ -12,7 +12,7 @@ class MultiTaskDataset(Dataset):
     """A split of one dataset; subclasses set `db_name` and implement `load_image` and
     `load_label(task, sid, hw)`.
 
-    `__getitem__` returns the spec §1.1 dict: `image` float32 H0×W0×3 (0..255), one float32 H0×W0×C
+    `__getitem__` returns the docs/method.md#sample-dict-and-batches dict: `image` float32 H0×W0×3 (0..255), one float32 H0×W0×C
     entry per enabled task, and `meta = {img_name, img_size: (H0, W0)}`, then applies `transform`.
 
     The tasks a reader accepts are the tasks registered for its `db_name` (data.tasks.available_tasks),

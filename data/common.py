@@ -104,7 +104,7 @@ def _fail(path, sample_id, err) -> DatasetError:
 
 
 def read_rgb(path, sample_id) -> np.ndarray:
-    """float32 H×W×3 in 0..255 (PIL `.convert('RGB')`, spec §1.1)."""
+    """float32 H×W×3 in 0..255 (PIL `.convert('RGB')`, docs/method.md#sample-dict-and-batches)."""
     from PIL import Image
 
     try:
@@ -178,7 +178,7 @@ def as_hwc(arr: np.ndarray) -> np.ndarray:
 
 
 def fit_to_image(label: np.ndarray, image_hw, path, sample_id, cubic: bool = False) -> np.ndarray:
-    """Resize a label to the image size only if it differs (spec §1.1: nearest, normals cubic).
+    """Resize a label to the image size only if it differs (docs/method.md#sample-dict-and-batches: nearest, normals cubic).
 
     A plain rescale (same aspect ratio within 2 %) is resized with a warning; any other mismatch (a
     transposed or unrelated label) is an error, because resizing it would silently teach garbage.

@@ -1,4 +1,4 @@
-"""Reader for the ATRC-prepared NYUD-v2 tarball (`<db_root>/NYUDv2/`, spec §1.3).
+"""Reader for the ATRC-prepared NYUD-v2 tarball (`<db_root>/NYUDv2/`, docs/method.md#nyud-v2-labels).
 
 Decoding per task:
   semseg   segmentation/<id>.png: label = value − 1, and the unlabeled value 0 (→ −1) becomes 255.

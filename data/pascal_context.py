@@ -1,4 +1,4 @@
-"""Reader for the ATRC-prepared PASCAL-Context tarball (`<db_root>/PASCALContext/`, spec §1.2).
+"""Reader for the ATRC-prepared PASCAL-Context tarball (`<db_root>/PASCALContext/`, docs/method.md#pascal-context-labels).
 
 Decoding per task:
   semseg       semseg/VOC12/<id>.png, else semseg/pascal-context/<id>.png; values 0..20, 255 ignore.
@@ -7,7 +7,7 @@ Decoding per task:
   normals      normals_distill/<id>.png, 2v/255 − 1, zeroed where the LabelMap class is not normals-valid.
   edge         LabelMap of pascal-context/trainval/<id>.mat → 3×3 Laplacian ≠ 0 → thinning.
 
-Caching (why: the original re-read and re-thinned the .mat on every sample, spec §12.10), all under a
+Caching (why: the original re-read and re-thinned the .mat on every sample, docs/method.md#dataset-caches), all under a
 cache folder OUTSIDE the dataset (`cache_dir` > $TASKDIFFUSION_CACHE > ~/.cache/taskdiffusion; the
 dataset may be read-only) in `<cache>/PASCALContext-<hash of the dataset path>/`:
   parts_index_<split>.json   image id → object class list (the part index); rebuilt when the split's ids
@@ -56,7 +56,7 @@ from .common import (
 HUMAN_PARTS_CATEGORY = 15  # VOC "person"
 PART_AREA_THRES = 0  # an object counts in the part index only if its mask area exceeds this
 
-# PASCAL-Part fine part names → the 6 groups used for training (spec §1.2.2); 0 is background.
+# PASCAL-Part fine part names → the 6 groups used for training (docs/method.md#human-parts); 0 is background.
 HUMAN_PART_GROUPS = {
     **{n: 1 for n in ("hair", "head", "lear", "rear", "lebrow", "rebrow", "leye", "reye", "mouth", "nose")},
     **{n: 2 for n in ("neck", "torso")},
@@ -66,7 +66,7 @@ HUMAN_PART_GROUPS = {
     **{n: 6 for n in ("llleg", "rlleg", "lfoot", "rfoot")},
 }
 
-# PASCAL-Context ids (1..459) on which the distilled normals are trusted (spec §1.2.3). Derived by the
+# PASCAL-Context ids (1..459) on which the distilled normals are trusted (docs/method.md#pascal-context-surface-normals). Derived by the
 # original as: every class name of NYU's 894-class list (`nyu_classes.json`) that is also a key of
 # `context_classes.json`, except 'unknown', mapped to its PASCAL-Context id, plus tvmonitor (427).
 # The two JSON files are not shipped with the tarball, so the resulting 170 ids are fixed here.
@@ -83,14 +83,14 @@ NORMALS_VALID_IDS = np.array(
 )
 assert NORMALS_VALID_IDS.size == 170
 
-# PASCAL-Context id of each VOC class 0..20 (spec §1.5; the reader does not need it, the generator does).
+# PASCAL-Context id of each VOC class 0..20 (docs/method.md#tasks-classes-and-outputs; the reader does not need it, the generator does).
 VOC_CONTEXT_IDS = (0, 2, 23, 25, 31, 34, 45, 59, 65, 72, 98, 397, 113, 207, 258, 284, 308, 347, 368, 416, 427)
 
 CACHE_VERSION = 1
 
 
 def edges_from_labelmap(label_map: np.ndarray) -> np.ndarray:
-    """Boundary map of a label map (spec §1.2.1): 3×3 Laplacian (float64, reflect-101) ≠ 0, then thinning."""
+    """Boundary map of a label map (docs/method.md#pascal-context-boundaries): 3×3 Laplacian (float64, reflect-101) ≠ 0, then thinning."""
     import cv2
     from skimage.morphology import thin
 
@@ -123,7 +123,7 @@ def _objects(anno, path, sid):
 
 
 def part_index_entry(anno, path, sid) -> list:
-    """Class index of every object whose mask area exceeds the threshold, else −1 (spec §1.2.2)."""
+    """Class index of every object whose mask area exceeds the threshold, else −1 (docs/method.md#human-parts)."""
     out = []
     for obj in _objects(anno, path, sid):
         try:

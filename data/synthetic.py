@@ -92,7 +92,7 @@ def encode_normals(n: np.ndarray) -> np.ndarray:
 
 
 def label_edges(label_map: np.ndarray) -> np.ndarray:
-    """Thinned Laplacian boundaries of a label map (the rule of spec §1.2.1; used for NYUD's edge png)."""
+    """Thinned Laplacian boundaries of a label map (the rule of docs/method.md#pascal-context-boundaries; used for NYUD's edge png)."""
     from .pascal_context import edges_from_labelmap
 
     return edges_from_labelmap(label_map)

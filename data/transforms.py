@@ -1,7 +1,7 @@
-"""Train and validation pipelines (spec §2), each step a small callable on the HWC numpy sample dict.
+"""Train and validation pipelines (docs/method.md#data-pipeline), each step a small callable on the HWC numpy sample dict.
 
 The sample dict holds `image` (float32 H×W×3, 0..255), one float32 H×W×C array per task and `meta`
-(never touched). Random steps draw from one `random.Random` shared by the pipeline (spec §2.3: Python's
+(never touched). Random steps draw from one `random.Random` shared by the pipeline (docs/method.md#augmentation-randomness: Python's
 `random`, not numpy/torch); `Compose.reseed` reseeds it per DataLoader worker and per rank, so runs
 are reproducible for a seed and world size while ranks and workers see different augmentations.
 
@@ -101,7 +101,7 @@ class RandomScaling(_Random):
 
 
 class RandomCrop(_Random):
-    """Crop every array at one random origin; retry while one semseg class dominates (spec §2.1.2).
+    """Crop every array at one random origin; retry while one semseg class dominates (docs/method.md#random-crop).
 
     Up to 10 checks: accept when ≥ 2 non-ignore labels remain and the most frequent covers < cat_max_ratio
     of them; otherwise draw a new origin. The 11th origin is used unchecked. Images smaller than the
@@ -167,7 +167,7 @@ class RandomHorizontalFlip(_Random):
 
 
 class PhotoMetricDistortion(_Random):
-    """mmseg-style colour jitter on the uint8 image, in the spec's draw order (§2.1.4).
+    """mmseg-style colour jitter on the uint8 image, in the original's draw order (docs/method.md#photometric-distortion).
 
     brightness → contrast-first coin → [contrast] → saturation → hue → [contrast]; each step applies
     with probability 1/2 (a `randint(0, 1)` coin) and then draws its amount.
@@ -244,7 +244,7 @@ class Normalize:
 
 
 class PadImage:
-    """Pad each array centred to at least `size`: offset (ΔH//2, ΔW//2), fill per key (spec §2.1.6).
+    """Pad each array centred to at least `size`: offset (ΔH//2, ΔW//2), fill per key (docs/method.md#centred-padding).
 
     pad_values: {key: fill}; keys not listed use `default` (255); the image uses 0 (the mean colour
     after normalisation). Arrays larger than `size` are left as they are.

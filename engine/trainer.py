@@ -1,4 +1,4 @@
-"""The training loop (spec §8 recipe, §12.9 weaknesses fixed).
+"""The training loop (docs/method.md#training-recipe recipe, docs/method.md#training-loop-changes weaknesses fixed).
 
 One optimizer step = `grad_accum_steps` micro-batches of `trBatch` images per rank. Iteration k (0-based)
 runs with lr_k = base·(1 − k/max_iter)^0.9 (× warm-up); after it, k+1 iterations are complete and that count

@@ -1,7 +1,7 @@
-"""Evaluation (spec §7): per-family metric accumulators, the multi-task evaluator, Δm, boundary odsF.
+"""Evaluation (docs/method.md#evaluation): per-family metric accumulators, the multi-task evaluator, Δm, boundary odsF.
 
 Each accumulator has update / merge / synchronize (all-reduce of its sums) / compute, and pools over the
-whole split as spec §7.1, so sharded evaluation over N ranks equals single-process evaluation.
+whole split as docs/method.md#metrics, so sharded evaluation over N ranks equals single-process evaluation.
 
 Names are resolved lazily (PEP 562): the boundary worker processes import `evaluation.boundary`, which
 needs only numpy/scipy/scikit-image, and must not pay for importing torch through this package.

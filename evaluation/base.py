@@ -1,6 +1,6 @@
 """Base class of the metric accumulators: a fixed set of float64 sums.
 
-Why sums: every metric of spec §7.1 is pooled over the whole split (IoU from one confusion matrix, maxF
+Why sums: every metric of docs/method.md#metrics is pooled over the whole split (IoU from one confusion matrix, maxF
 from dataset-wide counts, mean angle = Σ error / #pixels, ...). Sums of counts and errors can be added
 across batches (`update`), across accumulators (`merge`) and across ranks (`synchronize`, an all-reduce),
 and the metric is computed once at the end, so N ranks evaluating one shard each give the result of one

@@ -1,4 +1,4 @@
-"""Boundary detection quality in-process: ODS-F (the paper metric), OIS-F and AP (spec §7.3).
+"""Boundary detection quality in-process: ODS-F (the paper metric), OIS-F and AP (docs/method.md#boundary-metric).
 
 The published numbers come from an external MATLAB tool (SEISM through a wrapper). This module follows
 the same protocol so that users get odsF inside the framework:
@@ -42,7 +42,7 @@ the same protocol so that users get odsF inside the framework:
    'scipy' matches a few more pixels (≤ 1 % of the GT pixels per threshold) and gave odsF 0.16-0.18
    points higher (AP 0.04-0.11) than 'pyedgeeval' on the synthetic 512×512 test images.
 5. ODS: sum the four counts of each threshold over images; R = ΣcntR/ΣsumR, P = ΣcntP/ΣsumP,
-   F = 2PR/(P+R); odsF = 100 · max over thresholds (no interpolation between thresholds, as spec §7.3).
+   F = 2PR/(P+R); odsF = 100 · max over thresholds (no interpolation between thresholds, as docs/method.md#boundary-metric).
    OIS: per image the threshold of its best F; the counts at those thresholds are summed and give oisF.
    AP: 100 · mean of the precision interpolated at recall 0, 0.01, …, 1 inside the recall range of the
    curve (the BSDS benchmark's definition). Zero denominators count as 1 (BSDS convention).

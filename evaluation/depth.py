@@ -1,4 +1,4 @@
-"""Depth: errors pooled over all valid pixels of the split (spec §7.1).
+"""Depth: errors pooled over all valid pixels of the split (docs/method.md#metrics).
 
 Valid = depth_min < GT < depth_max (NYUD: 0 < GT < 80 m). Non-positive predictions (and GT, though those
 are invalid anyway) are replaced by 1e-9 before the logs, on copies: the inputs are never modified.

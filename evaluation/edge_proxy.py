@@ -1,4 +1,4 @@
-"""The original's in-loop edge number (spec §7.1), kept for comparison with its logs. NOT a quality metric.
+"""The original's in-loop edge number (docs/method.md#metrics), kept for comparison with its logs. NOT a quality metric.
 
 It is the balanced BCE of the training loss (positive weight edge_w) evaluated on the probabilities
 p = score/255 *treated as logits*, i.e. σ(p) with p ∈ [0, 1], averaged per valid pixel over the split.

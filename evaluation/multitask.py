@@ -8,7 +8,7 @@ Usage (every rank evaluates its own shard; no rank idles while rank 0 evaluates 
     evaluator.synchronize()                   # collective: all-reduce of every sum
     results = evaluator.compute()             # {task: {metric: value}}, identical on every rank
 
-update() post-processes as spec §7 (argmax / softmax·255 / sigmoid·255 / normal mapping / depth clamp,
+update() post-processes as docs/method.md#evaluation (argmax / softmax·255 / sigmoid·255 / normal mapping / depth clamp,
 never in place) at the padded size; padding is excluded by the GT ignore values, and for boundaries the
 prediction is cropped back to meta['img_size'] (centred padding) as the original's PNGs are.
 """

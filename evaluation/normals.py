@@ -1,4 +1,4 @@
-"""Surface normals: angular error pooled over the split (spec §7.1) plus the usual extra statistics.
+"""Surface normals: angular error pooled over the split (docs/method.md#metrics) plus the usual extra statistics.
 
 The prediction arrives post-processed ((n̂+1)·255/2, float); it is mapped back (2v/255 - 1) and both it
 and the GT are re-normalised (zero vectors stay zero). Error = 2·atan2(‖p - g‖, ‖p + g‖) in degrees

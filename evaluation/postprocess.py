@@ -2,7 +2,7 @@
 
 Each Task names its function (`Task.postprocess`, data/tasks.py); the table below lists the built-in ones.
 
-These never modify their input (the original clamped depth logits in place, spec §12.8) and always
+These never modify their input (the original clamped depth logits in place, docs/method.md#no-in-place-changes) and always
 return float32 (or int64 labels), whatever dtype the network produced under autocast.
 
 | family       | input            | output                                            |
@@ -66,5 +66,5 @@ def crop_to_original(x: torch.Tensor, img_size) -> torch.Tensor:
 
 def edge_uint8(scores: torch.Tensor, img_size) -> torch.Tensor:
     """One image's sigmoid×255 map (H×W, padded) -> cropped H0×W0 uint8 CPU tensor, truncated as the
-    original's PNG writer does (spec §7.2)."""
+    original's PNG writer does (docs/method.md#edge-prediction-pngs)."""
     return crop_to_original(scores, img_size).clamp(0, 255).to(device="cpu", dtype=torch.uint8)

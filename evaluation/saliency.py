@@ -1,4 +1,4 @@
-"""Saliency: dataset-wide maxF (spec §7.1) and a 2-class mIoU at probability 0.5 (extra key).
+"""Saliency: dataset-wide maxF (docs/method.md#metrics) and a 2-class mIoU at probability 0.5 (extra key).
 
 maxF: p = score/255; for each threshold t of arange(0.05, 1, 0.05) (19 values) a pixel is predicted
 salient iff p ≥ t; over all valid pixels (GT ≠ 255) of the split count TP_t, predicted positives PP_t

@@ -1,4 +1,4 @@
-"""Semantic segmentation and human parts: one dataset-wide confusion matrix (spec §7.1).
+"""Semantic segmentation and human parts: one dataset-wide confusion matrix (docs/method.md#metrics).
 
 IoU_c = TP / max(TP + FP + FN, 1e-8) over all pixels whose GT is not 255; a class absent from both GT
 and prediction gets IoU 0 (as the original; it still counts in the mean). mIoU = 100 · mean_c IoU_c.

@@ -3,7 +3,7 @@
 total = L_main + aux_weight · L_aux, with
     L_main = Σ_t λ_t · L_t(pred_t, gt_t)  (+ load_balancing · L_cv when the outputs carry 'route')
     L_aux  = Σ_t λ_t · L_t(aux_t, gt_t)   (the same losses and weights on the auxiliary heads)
-(spec §5.7 and §6). Every term is also returned, detached, for logging.
+(docs/method.md#load-balancing-loss, docs/method.md#losses). Every term is also returned, detached, for logging.
 """
 from __future__ import annotations
 

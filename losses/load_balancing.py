@@ -1,4 +1,4 @@
-"""MLoRE expert load-balancing term (spec §5.7).
+"""MLoRE expert load-balancing term (docs/method.md#load-balancing-loss).
 
 Why: without it the routers collapse onto a few experts. The term is the squared coefficient of
 variation of the mean gate value per expert: zero when every expert receives the same average weight.

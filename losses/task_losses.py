@@ -22,7 +22,7 @@ IGNORE = 255
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
-    """#True in `mask` as float32, at least 1 (the spec's max(#valid, 1))."""
+    """#True in `mask` as float32, at least 1 (max(#valid, 1), docs/method.md#per-task-losses)."""
     return mask.sum().to(torch.float32).clamp(min=1.0)
 
 

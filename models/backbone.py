@@ -1,4 +1,4 @@
-"""ViT backbone with multi-level taps (spec §3), built from timm 1.x modules.
+"""ViT backbone with multi-level taps (docs/method.md#backbone), built from timm 1.x modules.
 
 Patch embedding, transformer blocks and LayerNorm are timm's own (`timm.layers.PatchEmbed`,
 `timm.models.vision_transformer.Block`), so its fused attention (`F.scaled_dot_product_attention`)
@@ -91,7 +91,7 @@ class ViTMultiLevel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Spec §3.4.1: pos_embed and Linear weights trunc-normal(0.02), zero Linear biases, LN 1/0;
+        """Spec docs/method.md#initialisation-and-pretrained-weights: pos_embed and Linear weights trunc-normal(0.02), zero Linear biases, LN 1/0;
         convs (patch embed, fea_fuse) keep PyTorch defaults."""
         trunc_normal_(self.pos_embed, std=0.02)
         for m in self.blocks.modules():

@@ -1,7 +1,7 @@
 """Non-diffusion multi-task baseline: the TaskDiffusion decoder without the diffusion (`model: baseline`).
 
 This is the ablation the method is judged against: the same ViT backbone and the same decoder
-layout (spec §4.7), but one deterministic forward pass with
+layout (docs/method.md#decoder-core), but one deterministic forward pass with
 
   * no noisy label map, no label embeddings, no NoisyInputFusion (`transforms`);
   * no time embedding and no FiLM: every time-conditioned block becomes the same block without

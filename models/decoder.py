@@ -1,4 +1,4 @@
-"""Time-conditioned blocks and the cross-task gating FPN of the TaskDiffusion joint denoiser (spec §4.2-4.7).
+"""Time-conditioned blocks and the cross-task gating FPN of the TaskDiffusion joint denoiser (docs/method.md#time-conditioned-blocks, #decoder-core).
 
 Module and parameter names are the original's (`conv_1`, `norm`, `time_mlp.1`, `conv_2`,
 `fpn_encoder.share_fpn.fpn_conv`, `mask_task`, `feat_task`, `specific_head`, `fpn_mask`,
@@ -358,7 +358,7 @@ class SharedNoisyFPN(nn.Module):
 
 
 class CrossTaskFPN(nn.Module):
-    """`fpn_encoder`: cross-task gating per level, then per-task softmax fusion of the levels (§4.7 2-4).
+    """`fpn_encoder`: cross-task gating per level, then per-task softmax fusion of the levels (docs/method.md#decoder-core 2-4).
 
     The clean per-task features P (`feat_task`) are built by the head (`clean_task_features`) so
     subclasses can swap that module; this class only owns `feat_task` as a container, built by

@@ -1,8 +1,8 @@
-"""Diffusion pieces of the TaskDiffusion decoder: schedule, time embedding, bits, DDIM (spec §4.4-4.9).
+"""Diffusion pieces of the TaskDiffusion decoder: schedule, time embedding, bits, DDIM (docs/method.md#joint-denoising-decoder).
 
 Everything here is stateless maths except the learned sinusoidal time embedding. The head
 (`models/taskdiffusion.py`) wires these pieces together; keeping them apart makes each one
-testable against the spec's tables (schedule values, time pairs) on its own.
+testable against the reference tables of docs/method.md#noise-schedule (schedule values, time pairs) on its own.
 
 Randomness is always explicit: every draw takes an optional `torch.Generator`; with `None` the
 global RNG is used, in exactly the layout and order the original drew (see the golden README,
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Cosine log-SNR schedule constants (spec §4.5). The numerator and denominator offsets differ in
-# the original; the spec's reference table pins this down.
+# Cosine log-SNR schedule constants (docs/method.md#noise-schedule). The numerator and denominator offsets differ in
+# the original; the reference table in docs/method.md#noise-schedule pins this down.
 _COS_SHIFT_NUM = 0.0002
 _COS_SHIFT_DEN = 0.00025
 _LOGSNR_CLAMP = 1e-5
@@ -49,7 +49,7 @@ def right_pad_dims(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def ddim_time_pairs(timesteps: int, time_difference: float = 1.0) -> list[tuple[float, float]]:
     """The original's DDIM (t_now, t_next) pairs: t_now = 1 - s/T, t_next = max(1 - (s+1+d)/T, 0).
 
-    With T = 3, d = 1 this is (1, 1/3), (2/3, 0), (1/3, 0) (spec §4.9): irregular, and the last
+    With T = 3, d = 1 this is (1, 1/3), (2/3, 0), (1/3, 0) (docs/method.md#ddim-sampling): irregular, and the last
     update is wasted, but that is what the released weights were evaluated with.
     """
     if timesteps < 1:

@@ -1,8 +1,8 @@
-"""Mixture of low-rank experts (MLoRE) for the TaskDiffusion decoder (spec §5).
+"""Mixture of low-rank experts (MLoRE) for the TaskDiffusion decoder (docs/method.md#mlore-variant).
 
-The MLoRE variant replaces the clean per-task feature branch of the decoder (`TaskFeat`, spec §4.2)
+The MLoRE variant replaces the clean per-task feature branch of the decoder (`TaskFeat`, docs/method.md#time-conditioned-blocks)
 by two stacked MoE blocks per backbone level and the auxiliary head body by a level-mixing module,
-and exports the routing probabilities for the load-balancing loss (spec §5.7).
+and exports the routing probabilities for the load-balancing loss (docs/method.md#load-balancing-loss).
 
 Module and parameter names follow the original checkpoints exactly (`lora_list_1`, `router_1`,
 `share_conv`, ...) so the released weights load with `strict=True` after the `module.` prefix is
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Sizes the original fixes in code (spec §5.3, golden README "Sizes the original fixes").
+# Sizes the original fixes in code (docs/method.md#moe-block, golden README "Sizes the original fixes").
 LOW_RANK_BRANCH_RANK = 72  # rank of the per-task `conv2` LoRA
 EXPERT_KERNEL_SIZE = 3  # kernel of the expert `W` convs and of `share_conv`
 BLOCKS_PER_LEVEL = 2  # `feat_task.{l}.{0,1}`
@@ -100,7 +100,7 @@ class RouterNoise:
 
 
 class LoRA(nn.Module):
-    """Low-rank conv `M(W(x))`: k×k conv in→r, then 1×1 conv r→out, no activation (spec §5.1)."""
+    """Low-rank conv `M(W(x))`: k×k conv in→r, then 1×1 conv r→out, no activation (docs/method.md#low-rank-experts)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rank: int):
         super().__init__()
@@ -119,7 +119,7 @@ class LoRA(nn.Module):
 
 
 class SpatialAtt(nn.Module):
-    """Router feature (spec §5.2): a channel branch pooled over space and a learned spatial pooling.
+    """Router feature (docs/method.md#router): a channel branch pooled over space and a learned spatial pooling.
 
     y: B×C×h×w -> B×(2·(C//4))×1×1.
 
@@ -172,7 +172,7 @@ class SpatialAtt(nn.Module):
 
 
 def keep_topk(p: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero all but the k largest entries along dim 1, without renormalising (spec §5.3 step 4)."""
+    """Zero all but the k largest entries along dim 1, without renormalising (docs/method.md#moe-block step 4)."""
     if k >= p.shape[1]:
         return p
     idx = p.topk(k, dim=1).indices
@@ -181,7 +181,7 @@ def keep_topk(p: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class MOEBlock(nn.Module):
-    """One MoE block shared by all tasks, with task-specific router, BNs and low-rank branch (§5.3).
+    """One MoE block shared by all tasks, with task-specific router, BNs and low-rank branch (docs/method.md#moe-block).
 
     forward(x, task) on x: B×C×h×w returns (out B×C×h×w, route feature B×(C/2)×1×1,
     gate values p B×n×1×1×1 after the top-k cut; n = len(rank_list), 15 in every paper config).
@@ -295,7 +295,7 @@ class MoEStack(nn.ModuleList):
 
 
 class FpnAux(nn.Module):
-    """Auxiliary head body of the MLoRE variant (spec §5.5): softmax mixing of the L levels.
+    """Auxiliary head body of the MLoRE variant (docs/method.md#mlore-auxiliary-head): softmax mixing of the L levels.
 
     Y: B×(L·C)×H×W (levels concatenated level-major) -> B×C×H×W = Σ_l π_l · Y_l.
     """
@@ -318,7 +318,7 @@ class FpnAux(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# The MLoRE head and model (spec §5.4-5.6)
+# The MLoRE head and model (docs/method.md#mlore-decoder-changes)
 # --------------------------------------------------------------------------------------------------
 
 from models.taskdiffusion import TaskDiffusion, TaskDiffusionHead, build_taskdiffusion_model  # noqa: E402
@@ -326,7 +326,7 @@ from utils.config import cfg_get  # noqa: E402
 
 
 class MLoREHead(TaskDiffusionHead):
-    """TaskDiffusion head with MoE clean-feature branch and level-mixing aux bodies (spec §5).
+    """TaskDiffusion head with MoE clean-feature branch and level-mixing aux bodies (docs/method.md#mlore-variant).
 
     Differences from the parent, all through its hooks:
       * `fpn_encoder.feat_task.{l}` is a MoEStack (`feat_task.{l}.{0,1}`, two MOEBlocks);

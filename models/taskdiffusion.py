@@ -1,6 +1,6 @@
-"""TaskDiffusion: ViT backbone + joint-denoising diffusion decoder head (spec §4, Appendix A).
+"""TaskDiffusion: ViT backbone + joint-denoising diffusion decoder head (docs/method.md#joint-denoising-decoder, Appendix A).
 
-`TaskDiffusionHead` (state-dict prefix `heads.`) holds every module of spec §4.3 under the
+`TaskDiffusionHead` (state-dict prefix `heads.`) holds every module of docs/method.md#module-inventory under the
 original names. `TaskDiffusion` wraps backbone + head with the project's model API:
 
     model(images, targets=None, noise=None, times=None, generator=None) -> dict
@@ -38,7 +38,7 @@ def sample_rule(info: TaskInfo) -> tuple:
 
 
 class TaskDiffusionHead(nn.Module):
-    """The joint-denoising decoder (spec §4.3-4.9).
+    """The joint-denoising decoder (docs/method.md#joint-denoising-decoder).
 
     Inputs are backbone features F: B×(L·C)×h×w (level-major). Outputs are logits at 4h×4w
     (training and the last DDIM step); the wrapper resizes them to the input size.
@@ -112,7 +112,7 @@ class TaskDiffusionHead(nn.Module):
     def set_fast_path(self, enabled: bool = True) -> "TaskDiffusionHead":
         """Choose between the fast path (default) and the reference path; both give the same numbers.
 
-        The reference path runs the decoder op for op as spec §4.7-4.9 writes it (the original's way:
+        The reference path runs the decoder op for op as docs/method.md#decoder-core and #ddim-sampling writes it (the original's way:
         cat + conv for the noisy-input fusion on every DDIM step, upsample then convolve in the last
         refinement layer and in the aux heads, one conv per task everywhere). The fast path:
           * caches the backbone half of the noisy-input fusion across DDIM steps;
@@ -189,7 +189,7 @@ class TaskDiffusionHead(nn.Module):
         return torch.autocast(ref.device.type, enabled=False)
 
     def encode_labels(self, targets: Mapping[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        """Ground truths (B×C×H×W, as in a batch) -> clean latent bits x0, B×M×h×w (spec §4.4)."""
+        """Ground truths (B×C×H×W, as in a batch) -> clean latent bits x0, B×M×h×w (docs/method.md#label-embedding-and-bit-encoding)."""
         with self._no_autocast(next(iter(targets.values()))):
             return self._encode_labels(targets, size)
 
@@ -233,7 +233,7 @@ class TaskDiffusionHead(nn.Module):
         raise ValueError(f"task {task!r}: unknown sample rule {rule!r}")
 
     def encode_predictions(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Predicted logits -> bits x̂0 (spec §4.9 step 4; no invalid-embedding blend at inference)."""
+        """Predicted logits -> bits x̂0 (docs/method.md#ddim-sampling step 4; no invalid-embedding blend at inference)."""
         embs = {}
         with self._no_autocast(next(iter(logits.values()))):
             for t, info in self.task_infos.items():
@@ -250,7 +250,7 @@ class TaskDiffusionHead(nn.Module):
 
     def decode(self, fused: Sequence[torch.Tensor], temb: torch.Tensor, clean: Sequence[dict],
                upsample: bool, film: FilmParams | None = None) -> dict[str, torch.Tensor]:
-        """Spec §4.7 steps 2-6: gating FPN, refinement (×4 before the last layer if upsample), heads.
+        """Spec docs/method.md#decoder-core steps 2-6: gating FPN, refinement (×4 before the last layer if upsample), heads.
 
         film: this call's concatenated FiLM projections (fast path; built here when not given).
         """
@@ -278,7 +278,7 @@ class TaskDiffusionHead(nn.Module):
                 for t in self.tasks}
 
     def aux_forward(self, clean: Sequence[dict], size: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Aux logits from the ×4-upsampled concat of the clean levels of each task (spec §4.8 step 6)."""
+        """Aux logits from the ×4-upsampled concat of the clean levels of each task (docs/method.md#training-forward step 6)."""
         out = {}
         for t in self.tasks:
             y = torch.cat([p[t] for p in clean], dim=1)  # b (L c) h w
@@ -301,7 +301,7 @@ class TaskDiffusionHead(nn.Module):
                       times: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, return_intermediates: bool = False,
                       **hook_kwargs) -> dict:
-        """Training forward (spec §4.8) on features B×(L·C)×h×w; returns logits at 4h×4w.
+        """Training forward (docs/method.md#training-forward) on features B×(L·C)×h×w; returns logits at 4h×4w.
 
         times (B,) and noise (B×M×h×w) may be injected; otherwise they are drawn (times first, then
         noise, in the original's layout) from `generator` or the global RNG.
@@ -335,7 +335,7 @@ class TaskDiffusionHead(nn.Module):
     def sample(self, features: torch.Tensor, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, return_intermediates: bool = False,
                **hook_kwargs) -> dict:
-        """DDIM sampling (spec §4.9). Returns {'pred': {task: B×K×4h×4w}} (averaged over randsteps).
+        """DDIM sampling (docs/method.md#ddim-sampling). Returns {'pred': {task: B×K×4h×4w}} (averaged over randsteps).
 
         noise: the initial noisy map, (randsteps·B)×M×h×w; drawn with one torch.randn otherwise.
         The final DDIM update of the original is skipped: its result is never used.

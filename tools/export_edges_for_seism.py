@@ -1,4 +1,4 @@
-"""Write edge predictions as the PNGs the external MATLAB boundary benchmark expects (spec §7.2).
+"""Write edge predictions as the PNGs the external MATLAB boundary benchmark expects (docs/method.md#edge-prediction-pngs).
 
 The framework computes odsF itself (evaluation/boundary.py). This tool is for users who must reproduce
 the published protocol byte for byte with prismformore's Boundary-Detection-Evaluation-Tools (SEISM):

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (spec §8).
+"""Optimizer and learning-rate schedule (docs/method.md#training-recipe).
 
 Recipe: Adam with L2 weight decay on every parameter (torch's `Adam(weight_decay=...)` adds wd·θ to the
 gradient, as the original) and a polynomial decay stepped every iteration,
@@ -107,7 +107,7 @@ class PolyWarmup:
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration poly schedule (spec §8) with optional warm-up; call `.step()` after every optimizer step."""
+    """Per-iteration poly schedule (docs/method.md#training-recipe) with optional warm-up; call `.step()` after every optimizer step."""
     name = str(cfg_get(cfg, "scheduler", "poly"))
     if name != "poly":
         raise ValueError(f"unknown scheduler {name!r} (config key `scheduler`); only 'poly' is available")

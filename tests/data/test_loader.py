@@ -1,4 +1,4 @@
-"""build_dataset / build_dataloader / collate_fn: batch format of spec §1.1, seeding per worker and rank."""
+"""build_dataset / build_dataloader / collate_fn: batch format of docs/method.md#sample-dict-and-batches, seeding per worker and rank."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""NYUD-v2 reader: decoding of spec §1.3, checked against the generator's truth."""
+"""NYUD-v2 reader: decoding of docs/method.md#nyud-v2-labels, checked against the generator's truth."""
 import numpy as np
 import pytest
 from scipy.ndimage import convolve

@@ -1,4 +1,4 @@
-"""PASCAL-Context reader: every modality decoded as spec §1.2 says, checked against the generator's truth."""
+"""PASCAL-Context reader: every modality decoded as docs/method.md#pascal-context-labels says, checked against the generator's truth."""
 import json
 import os
 import shutil
@@ -28,7 +28,7 @@ def _truth(sid):
 
 
 def _edges_reference(label_map):
-    """Spec §1.2.1 written independently: Laplacian kernel with reflect-101 borders, ≠ 0, thinning."""
+    """Spec docs/method.md#pascal-context-boundaries written independently: Laplacian kernel with reflect-101 borders, ≠ 0, thinning."""
     k = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
     lap = convolve(label_map.astype(np.float64), k, mode="mirror")  # scipy 'mirror' = reflect-101
     return thin(lap != 0)
@@ -219,7 +219,7 @@ def test_stale_cache_is_recomputed(fresh_root, tmp_path):
 
 
 def test_laplacian_matches_opencv_default():
-    """The reader's OpenCV call is the 4-neighbour kernel with reflect-101 (spec §1.2.1)."""
+    """The reader's OpenCV call is the 4-neighbour kernel with reflect-101 (docs/method.md#pascal-context-boundaries)."""
     rng = np.random.default_rng(0)
     lm = rng.integers(0, 4, (9, 11)).astype(np.float64)
     k = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)

@@ -1,4 +1,4 @@
-"""Transform invariants of spec §2 (flip, crop, scaling, photometric draw order, padding, ignore regions)."""
+"""Transform invariants of docs/method.md#data-pipeline (flip, crop, scaling, photometric draw order, padding, ignore regions)."""
 import random
 
 import numpy as np
@@ -181,7 +181,7 @@ def test_pad_values_come_from_the_task_table():
 
 
 def test_pad_centred_with_values_per_task_nyud_size():
-    """Spec §2.2: 425×560 → 448×576 is top 11, bottom 12, left 8, right 8."""
+    """Spec docs/method.md#validation-transforms: 425×560 → 448×576 is top 11, bottom 12, left 8, right 8."""
     s = _sample(425, 560)
     orig = {k: v.copy() for k, v in s.items() if k != "meta"}
     pad = PadImage((448, 576), pad_values("NYUD", ["semseg", "depth", "normals", "edge"]))

@@ -1,4 +1,4 @@
-"""Boundary ODS/OIS/AP (spec §7.3): NMS, matching tolerance, shifted / thickened edges, backends, sharding."""
+"""Boundary ODS/OIS/AP (docs/method.md#boundary-metric): NMS, matching tolerance, shifted / thickened edges, backends, sharding."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""tools/export_edges_for_seism.py: the PNGs the external MATLAB benchmark reads (spec §7.2)."""
+"""tools/export_edges_for_seism.py: the PNGs the external MATLAB benchmark reads (docs/method.md#edge-prediction-pngs)."""
 import numpy as np
 import pytest
 import torch

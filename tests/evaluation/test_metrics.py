@@ -1,4 +1,4 @@
-"""Per-family accumulators on small hand-computed cases (spec §7.1): perfect, empty / all-ignore, partial."""
+"""Per-family accumulators on small hand-computed cases (docs/method.md#metrics): perfect, empty / all-ignore, partial."""
 import math
 
 import numpy as np

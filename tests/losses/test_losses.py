@@ -1,4 +1,4 @@
-"""Each per-task loss against a direct (loop / formula) computation, incl. the all-ignore case (spec §6)."""
+"""Each per-task loss against a direct (loop / formula) computation, incl. the all-ignore case (docs/method.md#losses)."""
 import math
 
 import pytest

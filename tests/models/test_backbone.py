@@ -1,4 +1,4 @@
-"""ViT backbone (spec §3): timm modules and names, taps, any-size input, pretrained loading."""
+"""ViT backbone (docs/method.md#backbone): timm modules and names, taps, any-size input, pretrained loading."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +21,7 @@ def tiny(img=(64, 64), drop_path=0.0) -> ViTMultiLevel:
 
 
 def reference_forward(m: ViTMultiLevel, x: torch.Tensor) -> torch.Tensor:
-    """Spec §3.3 written out: taps after blocks 1..3 (un-normalised), final norm, 1×1 convs."""
+    """Spec docs/method.md#multi-level-features written out: taps after blocks 1..3 (un-normalised), final norm, 1×1 convs."""
     b, _, hh, ww = x.shape
     h, w = hh // 16, ww // 16
     tok = m.patch_embed.proj(x).flatten(2).transpose(1, 2)

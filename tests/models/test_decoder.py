@@ -1,4 +1,4 @@
-"""Decoder blocks (spec §4.2) and the cross-task gating FPN (§4.7) against plain re-computations."""
+"""Decoder blocks (docs/method.md#time-conditioned-blocks) and the cross-task gating FPN (docs/method.md#decoder-core) against plain re-computations."""
 from __future__ import annotations
 
 import torch
@@ -62,7 +62,7 @@ def test_noisy_input_fusion_puts_features_first():
 
 
 def _naive_fpn(fpn: CrossTaskFPN, fused, temb, clean):
-    """Spec §4.7 steps 2-4 written as plain loops."""
+    """Spec docs/method.md#decoder-core steps 2-4 written as plain loops."""
     tasks, n = fpn.tasks, len(fpn.tasks)
     v = {t: [] for t in tasks}
     for l in range(fpn.num_levels):

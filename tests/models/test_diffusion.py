@@ -1,4 +1,5 @@
-"""Diffusion maths against the spec: schedule table §4.5, DDIM time pairs §4.9, time embedding §4.6."""
+"""Diffusion maths against docs/method.md: schedule table (#noise-schedule), DDIM time pairs (#ddim-sampling),
+time embedding (#time-embedding)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from models.diffusion import (LearnedSinusoidalPosEmb, alpha_sigma, build_time_m
 
 
 
-# spec table 4.5: t, logsnr, alpha, sigma
+# docs/method.md#noise-schedule table: t, logsnr, alpha, sigma
 SCHEDULE = [
     (0.0, 11.51293, 0.999995, 0.0031623),
     (0.1, 3.68191, 0.987645, 0.156706),

@@ -1,7 +1,7 @@
 """The decoder's fast path (exact rewrites) gives the reference path's numbers: values, gradients, BN stats.
 
 The golden parity tests pin the fast path (the default) to the original; these tests pin it to the
-plain op-for-op formulation of spec §4.7-4.9 on shapes the goldens do not cover (odd sizes, batch > 1,
+plain op-for-op formulation of docs/method.md#decoder-core on shapes the goldens do not cover (odd sizes, batch > 1,
 NYUD tasks, train-mode BatchNorm, gradients of every parameter).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unit tests of the MLoRE building blocks (spec §5): shapes, names, routing, init, gradients."""
+"""Unit tests of the MLoRE building blocks (docs/method.md#mlore-variant): shapes, names, routing, init, gradients."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""Parameter counts of the paper configs equal spec table §4.12 (built on the meta device: no memory)."""
+"""Parameter counts of the paper configs equal the table of docs/method.md#parameter-counts (built on the meta device: no memory)."""
 from __future__ import annotations
 
 import pytest
@@ -8,13 +8,13 @@ from engine.config import load_config
 from tools.convert_official_checkpoint import build_reference_model
 
 
-# spec §4.12: config -> (total, backbone, head)
+# docs/method.md#parameter-counts: config -> (total, backbone, head)
 COUNTS = {
     "configs/pascal/vitL.yml": (445_414_626, 305_690_080, 139_724_546),
     "configs/pascal/vitB.yml": (415_377_764, 88_205_568, 327_172_196),
     "configs/nyud/vitL.yml": (784_263_858, 307_280_896, 476_982_962),
 }
-# spec §4.12 head breakdowns
+# docs/method.md#parameter-counts head breakdowns
 BREAKDOWN = {
     "configs/pascal/vitL.yml": {
         "aux_heads": 29_106_570, "embedding_tables": 3_666, "invalid_embedding_tables": 188, "pred_heads": 115_090,

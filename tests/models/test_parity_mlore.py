@@ -2,7 +2,7 @@
 
 * tiny_pascal_mlore.pt (golden README beside it): the original's weights, inputs, noise and outputs;
   every output is matched at 1e-5 relative to the tensor's max, in eval and in train mode.
-* Parameter counts of the two paper MLoRE configs (spec §4.12), built on the meta device.
+* Parameter counts of the two paper MLoRE configs (docs/method.md#parameter-counts), built on the meta device.
 * Every key of the official MLoRE state-dict listings maps onto the built model with equal shapes.
 """
 import json

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 SHIPPED = sorted(str(p.relative_to(ROOT)) for d in ("pascal", "nyud", "demo") for p in (CONFIGS / d).glob("*.yml"))
 
-# Paper recipe per config (spec §4.1, §5, §6, §8): values the shipped files must carry.
+# Paper recipe per config (docs/method.md#decoder-sizes, docs/method.md#mlore-variant, docs/method.md#losses, docs/method.md#training-recipe): values the shipped files must carry.
 PAPER = {
     "configs/pascal/vitL.yml": dict(final_embed_dim=376, aux_weight=0.25, seed=64, trBatch=2, lr=2e-5,
                                     backbone="TaskDiffusion_vitL", model="TaskDiffusion", val_interval=8000),

@@ -1,4 +1,4 @@
-"""utils/optim.py: spec §8 learning-rate values, warm-up, resume of the schedule, weight-decay groups."""
+"""utils/optim.py: docs/method.md#training-recipe learning-rate values, warm-up, resume of the schedule, weight-decay groups."""
 import math
 
 import pytest
@@ -28,7 +28,7 @@ class Tiny(nn.Module):
 
 
 def _lr_at_iteration(n, **kw):
-    """lr used by the n-th iteration (1-based), as in the spec's examples."""
+    """lr used by the n-th iteration (1-based), as in the examples of docs/method.md#optimiser-and-schedule."""
     fn = PolyWarmup(40000, 0.9, **kw)
     return 2e-5 * fn(n - 1)
 
