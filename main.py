@@ -90,11 +90,22 @@ def check_args(cfg, args) -> None:
     fresh_training = (args.run_mode == "train" and not args.trained_model
                       and last_checkpoint(cfg.output_dir) is None)
     if fresh_training and w not in (None, "timm") and not os.path.isfile(w):
+        tag = weights_tag(cfg)
         raise UserError(
-            f"config {cfg.config_file}, key 'backbone_weights': the pretrained ViT file {os.path.abspath(w)} does "
-            f"not exist. Download the timm weights (e.g. vit_large_patch16_384.augreg_in21k_ft_in1k) to that path, "
+            f"config {cfg.config_file}, key 'backbone_weights': the pretrained backbone file {os.path.abspath(w)} "
+            f"does not exist (timm model '{tag}'). Save that timm model's weights to that path (`.venv/bin/python "
+            f"-m tools.prepare_weights --backbone {tag} --out {os.path.dirname(w) or '.'}`, README Backbones), "
             f"or set backbone_weights to 'timm' (timm hub cache) or null (random init) with "
             f"--opts backbone_weights=null.")
+
+
+def weights_tag(cfg) -> str:
+    """The timm tag whose weights the configured backbone starts from (named in weight-file errors)."""
+    from models.variants import TIMM, VARIANTS
+
+    if cfg.backbone == TIMM:
+        return str(cfg.backbone_kwargs.get("timm_name"))
+    return str(VARIANTS.get(cfg.backbone, {}).get("timm_name") or cfg.backbone)
 
 
 def _env_rank(name: str) -> int:

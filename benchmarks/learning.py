@@ -39,6 +39,24 @@ DATASETS = {
     "pascal": ("configs/demo/synthetic_pascal.yml", "PASCALContext"),
     "nyud": ("configs/demo/synthetic_nyud.yml", "NYUD"),
 }
+# --backbones: the tiny CPU config of each backbone family (random-init timm architectures, README Backbones);
+# "vit" is the dataset's config above, the others exist for the PASCAL-style set
+FAMILY_CONFIGS = {
+    "pascal": {"swin": "configs/demo/synthetic_pascal_swin.yml", "convnext": "configs/demo/synthetic_pascal_convnext.yml",
+               "dinov2": "configs/demo/synthetic_pascal_dinov2.yml"},
+    "nyud": {},
+}
+
+
+def config_of(dataset: str, backbone: str) -> str:
+    """The demo config of a dataset and backbone family; one-line error for a pair without one."""
+    if backbone == "vit":
+        return DATASETS[dataset][0]
+    try:
+        return FAMILY_CONFIGS[dataset][backbone]
+    except KeyError:
+        have = ", ".join(["vit", *FAMILY_CONFIGS[dataset]])
+        raise SystemExit(f"error: --backbones {backbone}: no tiny {dataset} config for it; choose from {have}") from None
 
 
 def ensure_data(dataset: str, root: Path, n_train: int, n_val: int, size=None) -> None:
@@ -94,17 +112,18 @@ def final_metrics(run_dir: Path) -> dict:
     return data["results"]
 
 
-def run_folder(dataset: str, arm: Arm, seed: int, tag: str) -> str:
+def run_folder(dataset: str, arm: Arm, seed: int, tag: str, backbone: str = "vit") -> str:
     slug = arm.name.replace("TaskDiffusion[", "TaskDiffusion_").rstrip("]")
-    return f"learn_{dataset}_{slug}_s{seed}" + (f"_{tag}" if tag else "")
+    where = dataset if backbone == "vit" else f"{dataset}_{backbone}"
+    return f"learn_{where}_{slug}_s{seed}" + (f"_{tag}" if tag else "")
 
 
-def run_one(dataset, arm: Arm, seed, args, data_root: Path, out_root: Path) -> dict:
+def run_one(dataset, arm: Arm, seed, args, data_root: Path, out_root: Path, backbone: str = "vit") -> dict:
     """Train (or, for an inference-only variant, re-evaluate) one arm; finished runs are reused by name.
 
     On CPU the runs are fp32 (amp has no effect there unless amp_cpu=true)."""
-    cfg_path, _ = DATASETS[dataset]
-    version = run_folder(dataset, arm, seed, args.tag)
+    cfg_path = config_of(dataset, backbone)
+    version = run_folder(dataset, arm, seed, args.tag, backbone)
     run_dir = out_root / version
     opts = [f"model={arm.model}", f"seed={seed}", f"version_name={version}", f"out_dir={out_root}",
             f"max_iter={args.iters}", f"val_interval={args.iters}", f"ckpt_interval={args.iters}", *args.opts,
@@ -116,8 +135,8 @@ def run_one(dataset, arm: Arm, seed, args, data_root: Path, out_root: Path) -> d
         cmd = [sys.executable, "main.py", "--config_exp", cfg_path, "--data_root", str(data_root)]
         if arm.inference_only:
             default = Arm("TaskDiffusion", "TaskDiffusion")
-            run_one(dataset, default, seed, args, data_root, out_root)  # trains it unless already done
-            ckpt = out_root / run_folder(dataset, default, seed, args.tag) / "checkpoints" / "last.pth"
+            run_one(dataset, default, seed, args, data_root, out_root, backbone)  # trains it unless already done
+            ckpt = out_root / run_folder(dataset, default, seed, args.tag, backbone) / "checkpoints" / "last.pth"
             cmd += ["--run_mode", "infer", "--trained_model", str(ckpt)]
         else:
             cmd += ["--run_mode", "train"]
@@ -148,9 +167,41 @@ def delta_m(values: dict, reference: dict, db_name: str) -> float:
     return evaluation_delta_m(as_results, as_reference, db_name, tasks)
 
 
+def compare_arms(dataset, db_name, backbone, section, args, data_root, out_root, lines) -> dict:
+    """Train every arm of one dataset and backbone family, append its table to `lines`, return its report."""
+    arms = [Arm("baseline", "baseline"), Arm("TaskDiffusion", "TaskDiffusion"), *args.variant]
+    results = {arm.name: [run_one(dataset, arm, s, args, data_root, out_root, backbone) for s in args.seeds]
+               for arm in arms}
+    tasks = [t for t in TASK_ORDER if t in results["baseline"][0]]
+    heads = {m: [headline(r, db_name, tasks) for r in rs] for m, rs in results.items()}
+    ref = {t: statistics.mean(h[t] for h in heads["baseline"] if h[t] is not None) for t in tasks}
+    lines.append(f"\n### {section} ({args.iters} iterations, seeds {args.seeds})\n")
+    lines.append("| model | seed | " + " | ".join(f"{t} {task_infos(db_name, [t])[t].metric}" for t in tasks)
+                 + " | Delta_m vs baseline mean (%) |")
+    lines.append("|---|---|" + "---|" * (len(tasks) + 1))
+    report = {}
+    for arm in arms:
+        m = arm.name
+        dms = []
+        for seed, h in zip(args.seeds, heads[m]):
+            dm = delta_m(h, ref, db_name)
+            dms.append(dm)
+            lines.append(f"| {m} | {seed} | " + " | ".join(f"{h[t]:.3f}" if h[t] is not None else "-"
+                                                          for t in tasks) + f" | {dm:+.2f} |")
+        means = {t: statistics.mean(h[t] for h in heads[m] if h[t] is not None) for t in tasks}
+        spread = f" ± {statistics.stdev(dms):.2f}" if len(dms) > 1 else ""
+        lines.append(f"| **{m}** | mean | " + " | ".join(f"{means[t]:.3f}" for t in tasks)
+                     + f" | **{statistics.mean(dms):+.2f}**{spread} |")
+        report[m] = {"opts": list(arm.opts), "per_seed": heads[m], "delta_m": dms}
+    return report
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["pascal", "nyud"], choices=list(DATASETS))
+    p.add_argument("--backbones", nargs="+", default=["vit"], choices=["vit", "swin", "convnext", "dinov2"],
+                   help="backbone families, each with its tiny demo config (vit: the tiny ViT; the timm families "
+                        "exist for pascal); every family gets its own TaskDiffusion-vs-baseline table")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--long", action="store_true", help="GPU-sized run: 3000 iterations, larger data")
@@ -176,35 +227,17 @@ def main(argv=None) -> int:
     n_train = args.n_train or (400 if args.long else 96)
     n_val = args.n_val or (48 if args.long else 24)
     data_root, out_root = Path(args.data_root), Path(args.out)
+    for dataset in args.datasets:  # every requested pair has a config, before anything runs
+        for backbone in args.backbones:
+            config_of(dataset, backbone)
     report = {}
     lines = []
     for dataset in args.datasets:
-        cfg_path, db_name = DATASETS[dataset]
+        db_name = DATASETS[dataset][1]
         ensure_data(dataset, data_root, n_train, n_val, args.image_size)
-        arms = [Arm("baseline", "baseline"), Arm("TaskDiffusion", "TaskDiffusion"), *args.variant]
-        results = {arm.name: [run_one(dataset, arm, s, args, data_root, out_root) for s in args.seeds]
-                   for arm in arms}
-        tasks = [t for t in TASK_ORDER if t in results["baseline"][0]]
-        heads = {m: [headline(r, db_name, tasks) for r in rs] for m, rs in results.items()}
-        ref = {t: statistics.mean(h[t] for h in heads["baseline"] if h[t] is not None) for t in tasks}
-        lines.append(f"\n### {dataset} ({args.iters} iterations, seeds {args.seeds})\n")
-        lines.append("| model | seed | " + " | ".join(f"{t} {task_infos(db_name, [t])[t].metric}" for t in tasks)
-                     + " | Delta_m vs baseline mean (%) |")
-        lines.append("|---|---|" + "---|" * (len(tasks) + 1))
-        report[dataset] = {}
-        for arm in arms:
-            m = arm.name
-            dms = []
-            for seed, h in zip(args.seeds, heads[m]):
-                dm = delta_m(h, ref, db_name)
-                dms.append(dm)
-                lines.append(f"| {m} | {seed} | " + " | ".join(f"{h[t]:.3f}" if h[t] is not None else "-"
-                                                              for t in tasks) + f" | {dm:+.2f} |")
-            means = {t: statistics.mean(h[t] for h in heads[m] if h[t] is not None) for t in tasks}
-            spread = f" ± {statistics.stdev(dms):.2f}" if len(dms) > 1 else ""
-            lines.append(f"| **{m}** | mean | " + " | ".join(f"{means[t]:.3f}" for t in tasks)
-                         + f" | **{statistics.mean(dms):+.2f}**{spread} |")
-            report[dataset][m] = {"opts": list(arm.opts), "per_seed": heads[m], "delta_m": dms}
+        for backbone in args.backbones:
+            section = dataset if backbone == "vit" else f"{dataset}_{backbone}"
+            report[section] = compare_arms(dataset, db_name, backbone, section, args, data_root, out_root, lines)
     text = "\n".join(lines)
     print(text)
     if args.json:

@@ -32,6 +32,7 @@ from engine.evaluator import compute_delta_m, evaluate, headline_metrics, metric
 from utils import checkpoint as ckpt_lib
 from data.sample_errors import SampleReadError
 from engine.stop import TrainingStopped
+from models.backbones import BackboneError
 from utils.config import cfg_get, save_config
 from utils.devices import parse_device
 from utils.distributed import cleanup_distributed, init_distributed, is_main_process
@@ -72,7 +73,7 @@ def run_experiment(cfg, args, datasets: dict) -> int:
         if is_main_process():
             log.warning(str(stop) + f" (exit status {stop.status})")
         status = stop.status
-    except (SampleReadError, ckpt_lib.CheckpointError) as err:  # raised on every rank alike
+    except (SampleReadError, ckpt_lib.CheckpointError, BackboneError) as err:  # raised on every rank alike
         _log_error(log, err, debug)
         status = EXIT_USER
     except NonFiniteLossError as err:

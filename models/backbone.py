@@ -13,6 +13,11 @@ configured blocks, and the last level is taken after the final norm. Each level 
 
 Unlike the original (fixed resolution), any input whose sides are multiples of 16 works: the stored
 position grid is resized on the fly (bicubic, align_corners=False, no antialias).
+
+Interface (models/backbones.py, docs/extending.md): every level is the patch grid, so `levels` is
+(embed_dim, patch_size) per level and `decoder_stride` = `input_multiple` = patch_size; these are
+declarations only and change no computation or parameter name. `build_backbone` builds these ViTs
+for the VARIANTS names and hands `backbone: timm` to models/timm_backbone.py.
 """
 from __future__ import annotations
 
@@ -29,10 +34,13 @@ from torch import nn
 from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-from models.variants import KWARG_KEYS, VARIANTS
+from models.backbones import BackboneFileError, BackboneValueError, Level
+from models.timm_backbone import build_timm_backbone
+from models.variants import KWARG_KEYS, TIMM, VARIANTS, VIT_PATCH_SIZE
 from utils.config import cfg_get
+from utils.config_schema import DEFAULT_DECODER_STRIDE
 
-PATCH_SIZE = 16
+PATCH_SIZE = VIT_PATCH_SIZE
 PRETRAINED_GRID = (24, 24)  # the @384 ImageNet checkpoints: 384/16
 
 
@@ -72,6 +80,10 @@ class ViTMultiLevel(nn.Module):
         self.out_dim = out_dim
         self.taps = taps
         self.num_levels = len(taps) + 1
+        # the backbone interface (models/backbones.py): every level sits on the patch grid
+        self.levels = (Level(embed_dim, patch_size),) * self.num_levels
+        self.decoder_stride = patch_size
+        self.input_multiple = patch_size
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         num_tokens = self.grid_size[0] * self.grid_size[1]
         # Registration order as in the original checkpoints: pos_embed, patch_embed, blocks, norm, fea_fuse.
@@ -159,9 +171,16 @@ def backbone_spec(cfg) -> dict:
     return spec
 
 
-def build_backbone(cfg) -> ViTMultiLevel:
-    """The configured ViT (cfg.backbone, cfg.backbone_kwargs, cfg.final_embed_dim, cfg.TRAIN.SCALE,
-    cfg.drop_path_rate), with ImageNet weights from cfg.backbone_weights when set."""
+def build_backbone(cfg) -> nn.Module:
+    """The configured backbone: a paper ViT (cfg.backbone a VARIANTS name, cfg.backbone_kwargs,
+    cfg.final_embed_dim, cfg.TRAIN.SCALE, cfg.drop_path_rate, ImageNet weights from cfg.backbone_weights
+    when set), or for `backbone: timm` the generic timm adapter (models/timm_backbone.py)."""
+    if cfg_get(cfg, "backbone") == TIMM:
+        return build_timm_backbone(cfg)
+    stride = int(cfg_get(cfg, "decoder_stride", DEFAULT_DECODER_STRIDE))
+    if stride != PATCH_SIZE:
+        raise ValueError(f"decoder_stride {stride}: the paper ViT {cfg_get(cfg, 'backbone')!r} decodes on its "
+                         f"{PATCH_SIZE}x{PATCH_SIZE} patch grid; remove decoder_stride or set it to {PATCH_SIZE}")
     spec = backbone_spec(cfg)
     train = cfg_get(cfg, "TRAIN", None)
     scale = cfg_get(train, "SCALE", None) if train is not None else None
@@ -207,7 +226,7 @@ def load_pretrained(model: ViTMultiLevel, weights: str, spec: dict) -> dict:
     else:
         path = Path(os.path.expanduser(str(weights)))
         if not path.is_file():
-            raise FileNotFoundError(f"backbone_weights: file {str(path)!r} does not exist; {_download_advice(spec)}")
+            raise BackboneFileError(f"backbone_weights: file {str(path)!r} does not exist; {_download_advice(spec)}")
         suffix = path.suffix.lower()
         if suffix == ".npz":
             sd = _npz_state_dict(model, path, spec)
@@ -220,8 +239,8 @@ def load_pretrained(model: ViTMultiLevel, weights: str, spec: dict) -> dict:
                 if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
                     sd = sd[key]
         else:
-            raise ValueError(f"backbone_weights: unsupported file type {suffix!r} ({path}); use .npz, "
-                             f".safetensors, .pth or .bin")
+            raise BackboneValueError(f"backbone_weights: unsupported file type {suffix!r} ({path}); use .npz, "
+                                     f".safetensors, .pth or .bin")
     return load_timm_state_dict(model, sd, source=str(weights))
 
 
@@ -303,7 +322,7 @@ def load_timm_state_dict(model: ViTMultiLevel, sd: dict, source: str = "state di
     unexpected = sorted(k for k in sd if k not in own)
     missing = sorted(k for k in own if k not in sd and not k.startswith("fea_fuse."))
     if bad_shapes or unexpected or missing:
-        raise ValueError(
+        raise BackboneValueError(
             f"backbone_weights ({source}) do not fit the {len(model.blocks)}-block ViT of width "
             f"{model.embed_dim}:\n  shape mismatches: {bad_shapes[:8]}\n  unexpected keys: {unexpected[:8]}\n"
             f"  missing keys: {missing[:8]}\nCheck that the file is the weight for this backbone variant.")

@@ -32,11 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.tasks import TaskInfo
-from models.backbone import build_backbone
 from models.decoder import (ConvMLP, conv3x3_of_upsampled, foldable_into_head, skip_plus_1x1_into_head,
                             task_feat_block)
 from models.diffusion import upsample_bilinear
-from models.taskdiffusion import BackboneHeadModel, config_task_infos
+from models.taskdiffusion import BackboneHeadModel, build_backbone_checked, config_task_infos
 from utils.config import cfg_get
 
 
@@ -207,10 +206,8 @@ class BaselineModel(BackboneHeadModel):
 
 def build_baseline_model(cfg) -> BaselineModel:
     """Backbone from cfg + BaselineHead (final_embed_dim, module_layer, with_aux, TASKS.NAMES)."""
-    if cfg_get(cfg, "final_embed_dim") is None:
-        raise ValueError("config needs final_embed_dim (the decoder width C)")
-    backbone = build_backbone(cfg)
-    heads = BaselineHead(config_task_infos(cfg), int(cfg_get(cfg, "final_embed_dim")),
-                         num_levels=backbone.num_levels, module_layer=int(cfg_get(cfg, "module_layer", 3)),
+    backbone, spec = build_backbone_checked(cfg)
+    heads = BaselineHead(config_task_infos(cfg), spec.out_dim,
+                         num_levels=spec.num_levels, module_layer=int(cfg_get(cfg, "module_layer", 3)),
                          with_aux=bool(cfg_get(cfg, "with_aux", True)))
     return BaselineModel(backbone, heads)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import data.config_checks  # noqa: F401  (registers the data check first: this one reads its TRAIN.SCALE)
 from models import MODEL_HEADS
-from models.variants import VARIANTS
+from models.variants import (BACKBONE_NAMES, KWARG_KEYS, TIMM, TIMM_KWARG_KEYS, TIMM_REQUIRED_KEYS, VARIANTS,
+                             VIT_PATCH_SIZE)
 from utils.config import Checker, register_config_check
-from utils.config_schema import BACKBONES, MODELS, NUM_EXPERTS, PATCH_SIZE
+from utils.config_schema import BACKBONES, DEFAULT_DECODER_STRIDE, MODELS, NUM_EXPERTS
 
-__all__ = ["check_models"]
+__all__ = ["check_models", "decoder_stride"]
 
 MODELS.provide(tuple(MODEL_HEADS))
-BACKBONES.provide(tuple(VARIANTS))
+BACKBONES.provide(BACKBONE_NAMES)
 
 
 def _check_head(cfg: dict, chk: Checker) -> None:
@@ -29,13 +30,32 @@ def _check_head(cfg: dict, chk: Checker) -> None:
     cfg["head"] = implied if implied is not None else cfg.get("head")
 
 
-def _check_input_size(cfg: dict, chk: Checker) -> tuple:
-    """The ViT cuts the input into PATCH_SIZE patches; returns the token grid (h, w)."""
+def decoder_stride(cfg) -> int:
+    """s of a validated config: decoder_stride when set, else DEFAULT_DECODER_STRIDE (the paper ViTs' grid)."""
+    s = cfg.get("decoder_stride")
+    return DEFAULT_DECODER_STRIDE if s is None else int(s)
+
+
+def _check_decoder_stride(cfg: dict, chk: Checker) -> int:
+    """The paper ViTs decode on their patch grid, so they take no other stride (models/backbone.py)."""
+    s = decoder_stride(cfg)
+    if cfg["backbone"] != TIMM and s != VIT_PATCH_SIZE:
+        chk.fail("decoder_stride", f"{s} is not possible with the paper ViT {cfg['backbone']!r}, which decodes "
+                                   f"on its {VIT_PATCH_SIZE}x{VIT_PATCH_SIZE} patch grid.",
+                 f"Remove decoder_stride (or set {VIT_PATCH_SIZE}), or use backbone: timm")
+    return s
+
+
+def _check_input_size(cfg: dict, chk: Checker, stride: int) -> tuple:
+    """Crops are multiples of the decoder stride; returns the decoder grid (h, w). For the paper ViTs the
+    stride is the patch size, which is the whole rule; a timm backbone may need a larger multiple (its
+    deepest stage, see models/backbones.py), checked when it is built, where the model's strides are known."""
     scale = tuple(cfg["TRAIN"]["SCALE"])
-    if any(s % PATCH_SIZE for s in scale):
-        chk.fail("crop_size", f"{list(scale)} is not a multiple of the ViT patch size {PATCH_SIZE} in both "
-                              f"dimensions.", "Round H and W to multiples of 16.")
-    return scale[0] // PATCH_SIZE, scale[1] // PATCH_SIZE
+    if any(s % stride for s in scale):
+        what = f"the ViT patch size {stride}" if cfg["backbone"] != TIMM else f"decoder_stride {stride}"
+        chk.fail("crop_size", f"{list(scale)} is not a multiple of {what} in both dimensions.",
+                 f"Round H and W to multiples of {stride}.")
+    return scale[0] // stride, scale[1] // stride
 
 
 def _check_mlore(cfg: dict, chk: Checker, grid: tuple) -> None:
@@ -52,12 +72,36 @@ def _check_mlore(cfg: dict, chk: Checker, grid: tuple) -> None:
     elif cfg["spatial_size"] != tokens:
         h, w = cfg["TRAIN"]["SCALE"]
         chk.fail("spatial_size", f"{cfg['spatial_size']} must equal the token count h*w = {grid[0]}*{grid[1]} = "
-                                 f"{tokens} of the {h}x{w} input (the router has a Linear over the token grid).",
+                                 f"{tokens} of the {h}x{w} input at decoder stride {decoder_stride(cfg)} (the "
+                                 f"router has a Linear over the token grid).",
                  "Set it to that value or to null (derived).")
+
+
+def _check_backbone_keys(cfg: dict, chk: Checker) -> bool:
+    """backbone_kwargs holds the keys of its backbone kind only (ViT sizes or timm's); False for timm."""
+    bk = cfg["backbone_kwargs"]
+    timm = cfg["backbone"] == TIMM
+    allowed, other = (TIMM_KWARG_KEYS, KWARG_KEYS) if timm else (KWARG_KEYS, TIMM_KWARG_KEYS)
+    for key in bk:
+        if key not in allowed:
+            chk.fail(f"backbone_kwargs.{key}", f"is a key of {'the paper ViTs' if key in other else 'no backbone'}, "
+                                               f"not of backbone {cfg['backbone']!r}.",
+                     f"Allowed here: {', '.join(allowed)}")
+    if timm:
+        for key in TIMM_REQUIRED_KEYS:
+            if key not in bk:
+                chk.fail(f"backbone_kwargs.{key}", "is required for backbone: timm.",
+                         "e.g. backbone_kwargs: {timm_name: swin_large_patch4_window12_384.ms_in22k_ft_in1k, "
+                         "out_indices: [0, 1, 2, 3]} (docs/extending.md)")
+        if not bk["out_indices"]:
+            chk.fail("backbone_kwargs.out_indices", "is empty; list the timm feature indices to tap.")
+    return not timm
 
 
 def _check_backbone_kwargs(cfg: dict, chk: Checker) -> None:
     """Size overrides must make a valid ViT: heads divide the width, taps are blocks that exist."""
+    if not _check_backbone_keys(cfg, chk):
+        return
     bk = cfg["backbone_kwargs"]
     depth = bk.get("depth", VARIANTS[cfg["backbone"]]["depth"])
     if "embed_dim" in bk and "num_heads" in bk and bk["embed_dim"] % bk["num_heads"]:
@@ -73,7 +117,7 @@ def _check_backbone_kwargs(cfg: dict, chk: Checker) -> None:
 def check_models(cfg: dict, raw: dict, chk: Checker) -> None:
     """The model keys agree with each other and with the input size; derives head and spatial_size."""
     _check_head(cfg, chk)
-    grid = _check_input_size(cfg, chk)
+    grid = _check_input_size(cfg, chk, _check_decoder_stride(cfg, chk))
     if cfg["model"] == "TaskDiffusion_mlore":
         _check_mlore(cfg, chk, grid)
     _check_backbone_kwargs(cfg, chk)

@@ -157,7 +157,7 @@ def check_noise(noise: torch.Tensor, shape, what: str) -> torch.Tensor:
     """Clear error for an injected noise tensor of the wrong shape."""
     if tuple(noise.shape) != tuple(shape):
         raise ValueError(f"{what}: injected noise has shape {tuple(noise.shape)}, expected {tuple(shape)} "
-                         f"(randsteps·B × noisy-map channels × H/16 × W/16)")
+                         f"(randsteps·B × noisy-map channels × H/s × W/s, s the decoder stride)")
     return noise
 
 

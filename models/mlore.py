@@ -152,8 +152,8 @@ class SpatialAtt(nn.Module):
             raise ValueError(
                 f"MLoRE router: the token grid is {h}x{w} = {h * w} tokens but the router was built for "
                 f"spatial_size = {self.spatial_size} (its Linear runs over the flattened grid, so MLoRE is "
-                f"a fixed-size model). Use an input of the configured size (spatial_size = (H/16)*(W/16)), "
-                f"or set `mlore_router_resize: true` in the config to resize the router input to the "
+                f"a fixed-size model). Use an input of the configured size (spatial_size = (H/s)*(W/s), s the "
+                f"decoder stride), or set `mlore_router_resize: true` in the config to resize the router input to the "
                 f"configured grid (not the original's behaviour).")
         down = h * w > self.spatial_size
         return F.interpolate(y, size=self.resize_to, mode="bilinear", align_corners=False, antialias=down)
@@ -321,8 +321,10 @@ class FpnAux(nn.Module):
 # The MLoRE head and model (docs/method.md#mlore-decoder-changes)
 # --------------------------------------------------------------------------------------------------
 
-from models.taskdiffusion import TaskDiffusion, TaskDiffusionHead, build_taskdiffusion_model  # noqa: E402
+from models.taskdiffusion import (TaskDiffusion, TaskDiffusionHead, build_backbone_checked,  # noqa: E402
+                                  build_taskdiffusion_model)
 from utils.config import cfg_get  # noqa: E402
+from utils.config_schema import DEFAULT_DECODER_STRIDE  # noqa: E402
 
 
 class MLoREHead(TaskDiffusionHead):
@@ -376,8 +378,11 @@ class MLoREHead(TaskDiffusionHead):
         return clean, {"route": {"route_1_prob": route_1, "route_2_prob": route_2}}
 
 
-def mlore_head_kwargs(cfg, router_resize: bool | None = None) -> dict:
-    """MLoREHead's extra arguments from a config (rank_list, topk, spatial_size, router resize)."""
+def mlore_head_kwargs(cfg, router_resize: bool | None = None, decoder_stride: int | None = None) -> dict:
+    """MLoREHead's extra arguments from a config (rank_list, topk, spatial_size, router resize).
+
+    decoder_stride: s of the built backbone's declaration (models/backbones.py); the router's token grid
+    is (H/s)×(W/s). None: the config's decoder_stride (DEFAULT_DECODER_STRIDE, the paper ViTs', when unset)."""
     rank_list, topk = cfg_get(cfg, "rank_list"), cfg_get(cfg, "topk")
     if rank_list is None or topk is None:
         raise ValueError("model TaskDiffusion_mlore needs rank_list (15 expert ranks, paper PASCAL "
@@ -386,7 +391,8 @@ def mlore_head_kwargs(cfg, router_resize: bool | None = None) -> dict:
     scale = cfg_get(train, "SCALE") if train is not None else None
     if scale is None:
         raise ValueError("config has no TRAIN.SCALE (the network input size [H, W])")
-    grid = (int(scale[0]) // 16, int(scale[1]) // 16)
+    s = int(decoder_stride if decoder_stride is not None else cfg_get(cfg, "decoder_stride", DEFAULT_DECODER_STRIDE))
+    grid = (int(scale[0]) // s, int(scale[1]) // s)
     spatial_size = cfg_get(cfg, "spatial_size")
     spatial_size = grid[0] * grid[1] if spatial_size is None else int(spatial_size)
     if spatial_size != grid[0] * grid[1]:
@@ -406,5 +412,7 @@ def build_mlore_model(cfg, router_resize: bool | None = None, **extra_head_kwarg
     (or the config key `mlore_router_resize: true`) lets it run at other input sizes by resizing the
     router's input to the configured grid; this is not the original's behaviour and off by default.
     """
-    return build_taskdiffusion_model(cfg, head_cls=MLoREHead, **mlore_head_kwargs(cfg, router_resize),
+    backbone, spec = build_backbone_checked(cfg)
+    return build_taskdiffusion_model(cfg, head_cls=MLoREHead, backbone=(backbone, spec),
+                                     **mlore_head_kwargs(cfg, router_resize, spec.decoder_stride),
                                      **extra_head_kwargs)

@@ -21,6 +21,7 @@ from torch import nn
 
 from data.tasks import TaskInfo, task_infos
 from models.backbone import build_backbone
+from models.backbones import backbone_interface, decoder_grid
 from models.decoder import (CondConv, CondConvMLP, ConvMLP, CrossTaskFPN, FilmParams, NoisyInputFusion,
                             task_feat_block)
 from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_pairs, draw_sample_noise,
@@ -399,7 +400,7 @@ class BackboneHeadModel(nn.Module):
         return self.heads
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """images B×3×H×W -> backbone features B×(L·C)×H/16×W/16."""
+        """images B×3×H×W -> backbone features B×(L·C)×H/s×W/s (s: the backbone's decoder_stride)."""
         return self.backbone(images)
 
     def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int) -> torch.Tensor | None:
@@ -419,18 +420,19 @@ class TaskDiffusion(BackboneHeadModel):
     """Backbone + diffusion head; outputs resized to the input size (bilinear, align_corners=False)."""
 
     def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int) -> torch.Tensor:
-        """The DDIM starting noise for the padded batch `images` (B×3×H×W): (randsteps·B)×M×H/p×W/p
+        """The DDIM starting noise for the padded batch `images` (B×3×H×W): (randsteps·B)×M×H/s×W/s
         float32 on the images' device, the slices of image j drawn from its own seed
-        `utils.seed.name_seed(seed, names[j])` (p: the backbone's patch size, M: the noisy-map width).
+        `utils.seed.name_seed(seed, names[j])` (s: the backbone's decoder stride, read from its declared
+        interface, models/backbones.py; M: the noisy-map width).
 
         Why per image: noise drawn per batch would make predictions and metrics depend on the batch
         size and on how images are split over ranks; this way an image always starts from the same
         noise for a seed. Why here: only the model knows its noise shape, so callers never read the
         head's or the backbone's sizes. Layout (r b): the repeats are the outer index, as `sample` reads.
         """
-        r, m, p = int(self.heads.randsteps), int(self.heads.noisy_channels), int(self.backbone.patch_size)
-        b, _, hh, ww = images.shape
-        h, w = hh // p, ww // p
+        r, m = int(self.heads.randsteps), int(self.heads.noisy_channels)
+        b = images.shape[0]
+        h, w = decoder_grid(self.backbone, images.shape[-2:])
         z = torch.empty((r, b, m, h, w), dtype=torch.float32)
         for j, name in enumerate(names):
             g = torch.Generator()
@@ -490,10 +492,25 @@ def head_kwargs_from_config(cfg, num_levels: int = 4) -> dict:
     )
 
 
-def build_taskdiffusion_model(cfg, head_cls: type = TaskDiffusionHead, **extra_head_kwargs) -> TaskDiffusion:
-    """Backbone from cfg (models.backbone) + `head_cls` built from the same config."""
+def build_backbone_checked(cfg) -> tuple:
+    """(backbone, its declared interface) for a config: the head reads its level count and width from the
+    declaration (models/backbones.py), which is checked against cfg.final_embed_dim here."""
     if cfg_get(cfg, "final_embed_dim") is None:
         raise ValueError("config needs final_embed_dim (the decoder width C)")
     backbone = build_backbone(cfg)
-    heads = head_cls(**head_kwargs_from_config(cfg, backbone.num_levels), **extra_head_kwargs)
-    return TaskDiffusion(backbone, heads)
+    spec = backbone_interface(backbone)
+    if spec.out_dim != int(cfg_get(cfg, "final_embed_dim")):
+        raise ValueError(f"backbone {type(backbone).__name__} projects to {spec.out_dim} channels but "
+                         f"final_embed_dim is {cfg_get(cfg, 'final_embed_dim')}")
+    return backbone, spec
+
+
+def build_taskdiffusion_model(cfg, head_cls: type = TaskDiffusionHead, backbone: tuple | None = None,
+                              **extra_head_kwargs) -> TaskDiffusion:
+    """Backbone from cfg (models.backbone) + `head_cls` built from the same config.
+
+    backbone: an already built (module, BackboneSpec) pair from `build_backbone_checked` (builders whose
+    head arguments depend on the backbone's declaration, e.g. MLoRE's token count, build it first)."""
+    module, spec = build_backbone_checked(cfg) if backbone is None else backbone
+    heads = head_cls(**head_kwargs_from_config(cfg, spec.num_levels), **extra_head_kwargs)
+    return TaskDiffusion(module, heads)

@@ -534,8 +534,9 @@ How a config is read (`utils/config.py`, `load_config`):
    wrong type, a value outside the allowed set or range, or a missing **required** key stops the run
    with one message naming the file, the dotted key and what to do;
 4. keys are cross-checked (tasks against the dataset, loss weights for every enabled task, `head`
-   against `model`, crop size a multiple of 16, MLoRE keys, `delta_m_reference` covering the enabled
-   tasks) and the [derived keys](#derived-keys) are computed.
+   against `model`, crop size a multiple of the decoder stride (16 for the paper ViTs), `backbone_kwargs`
+   against the backbone kind, MLoRE keys, `delta_m_reference` covering the enabled tasks) and the
+   [derived keys](#derived-keys) are computed.
 
 The original repository's key names and YAML files load unchanged; its keys without effect are
 accepted (last group below). The resolved config, with every default filled in, is saved as

@@ -1,4 +1,4 @@
-"""Put the ImageNet ViT weights where the configs look for them (`backbone_weights:`).
+"""Put the ImageNet backbone weights where the configs look for them (`backbone_weights:`).
 
     python -m tools.prepare_weights --backbone TaskDiffusion_vitL --out pretrained/          # with network
     python -m tools.prepare_weights --backbone TaskDiffusion_vitL --from model.safetensors    # offline
@@ -8,6 +8,19 @@ models/backbone.py) or a timm tag (`vit_large_patch16_384.augreg_in21k_ft_in1k`)
 `<out>/<timm tag>.safetensors`, the name the shipped configs use (configs/pascal/vitL.yml:
 `backbone_weights: pretrained/vit_large_patch16_384.augreg_in21k_ft_in1k.safetensors`); --out may also be
 a file name ending in .safetensors.
+
+The shipped paper-size configs and the file each expects under pretrained/ (README "Backbones"):
+
+    config                                            --backbone (timm tag)
+    configs/{pascal,nyud}/vitL*.yml                   TaskDiffusion_vitL = vit_large_patch16_384.augreg_in21k_ft_in1k
+    configs/pascal/vitB.yml                           TaskDiffusion_vitB = vit_base_patch16_384.augreg_in21k_ft_in1k
+    configs/{pascal,nyud}/swinL.yml                   swin_large_patch4_window12_384.ms_in22k_ft_in1k
+    configs/{pascal,nyud}/dinov2L.yml                 vit_large_patch14_dinov2.lvd142m
+    configs/pascal/convnextL.yml                      convnext_large.fb_in22k_ft_in1k_384
+
+Any timm tag works the same way (`backbone: timm` configs name it in backbone_kwargs.timm_name); the file
+holds timm's own state dict, so Swin window tables, DINOv2 position tables and ConvNeXt layouts are the
+checkpoint's and the backbone adapts them when it loads (models/timm_backbone.py).
 
 Without --from, timm fetches the weights from its hub (`timm.create_model(tag, pretrained=True)`), which
 needs network (or the file already in the Hugging Face cache). With --from, a file downloaded elsewhere
@@ -27,7 +40,8 @@ import os
 import sys
 from pathlib import Path
 
-OPTIONAL_PREFIXES = ("head.", "head_drop.")  # the classifier: dropped by models.backbone.load_timm_state_dict
+# the classifier (ViT `head.`, Swin `head.fc.`, ConvNeXt `head.norm.` / `head.fc.`): the backbones never use it
+OPTIONAL_PREFIXES = ("head.", "head_drop.")
 WRAPPER_KEYS = ("state_dict", "model", "module")
 STRIP_PREFIXES = ("module.", "model.")
 

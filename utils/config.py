@@ -357,7 +357,7 @@ class Checker:
                     self.fail(sub, f"unknown task {k!r}; known: {', '.join(allowed)}." + _suggest(k, allowed))
             elif spec.key_check == "metric" and not isinstance(k, str):
                 self.fail(sub, f"metric names must be strings, got {_describe(k)}.")
-            out[k] = self.value(sub, spec.value, v)
+            out[k] = self.value(sub, spec.value, v) if spec.value is not None else to_plain(v)
         return out
 
 

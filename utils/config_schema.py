@@ -19,10 +19,12 @@ from typing import Any, Callable
 
 __all__ = ["Spec", "REQUIRED", "OMIT", "Names", "PrefixedKeys", "SCHEMA", "DERIVED_VALUE_KEYS",
            "DERIVED_PATH_KEYS", "DERIVED_KEYS", "DATASETS", "TASKS", "MODELS", "BACKBONES", "DATA_ENV_VAR",
-           "PATCH_SIZE", "NUM_EXPERTS", "NUM_TAPS"]
+           "PATCH_SIZE", "DEFAULT_DECODER_STRIDE", "NUM_EXPERTS", "NUM_TAPS"]
 
 DATA_ENV_VAR = "TASKDIFFUSION_DATA"
-PATCH_SIZE = 16  # ViT patch size of every backbone variant: crops must be multiples of it (docs/method.md)
+PATCH_SIZE = 16  # patch size of the paper ViT variants: their crops must be multiples of it (docs/method.md)
+# decoder_stride when a config leaves it out: the paper ViTs decode on their patch grid (docs/extending.md)
+DEFAULT_DECODER_STRIDE = PATCH_SIZE
 NUM_EXPERTS = 15  # MLoRE experts per block, fixed by the original design (docs/method.md)
 NUM_TAPS = 3  # intermediate backbone taps; with the final map the decoder sees 4 levels (docs/method.md)
 
@@ -35,7 +37,7 @@ class Spec:
     """One declared key.
 
     kind: 'str' | 'int' | 'float' | 'bool' | 'list' | 'dict' (fixed ``children``) |
-          'map' (free keys checked by ``key_check``, values by ``value``).
+          'map' (free keys checked by ``key_check``, values by ``value``; no ``value``: any YAML value).
     default: a value, REQUIRED or OMIT. A 'dict' without a default is filled from its children.
     choices: allowed values, a tuple or a `Names` slot.
     """
@@ -239,20 +241,40 @@ SCHEMA: dict[str, Spec] = {
     # ---- model (original keys) ------------------------------------------------------------------
     "model": _str(REQUIRED, "whole model: TaskDiffusion, TaskDiffusion_mlore, or baseline (no diffusion)",
                   choices=MODELS),
-    "backbone": _str(REQUIRED, "ViT variant", choices=BACKBONES),
+    "backbone": _str(REQUIRED, "a paper ViT variant, or timm: any timm model through the generic adapter "
+                               "(sizes and taps in backbone_kwargs; docs/extending.md)", choices=BACKBONES),
     "head": _str(OMIT, "decoder head; implied by `model` (kept for the original configs)",
                  choices=("TaskDiffusion_head", "TaskDiffusion_mlore_head"),
                  hint="The original's conv/deconv heads referenced a missing module"),
     "backbone_kwargs": _dict({
-        "embed_dim": _int(OMIT, "ViT width D", ge=8),
-        "depth": _int(OMIT, "number of transformer blocks", ge=1),
-        "num_heads": _int(OMIT, "attention heads (must divide embed_dim)", ge=1),
-        "mlp_ratio": _float(OMIT, "MLP hidden width / D", gt=0),
-        "taps": Spec("list", OMIT, f"{NUM_TAPS} blocks (1-based) whose outputs feed the decoder",
+        "embed_dim": _int(OMIT, "ViT variants: width D", ge=8),
+        "depth": _int(OMIT, "ViT variants: number of transformer blocks", ge=1),
+        "num_heads": _int(OMIT, "ViT variants: attention heads (must divide embed_dim)", ge=1),
+        "mlp_ratio": _float(OMIT, "ViT variants: MLP hidden width / D", gt=0),
+        "taps": Spec("list", OMIT, f"ViT variants: {NUM_TAPS} blocks (1-based) whose outputs feed the decoder",
                      length=NUM_TAPS, item=_int(ge=1)),
-    }, "overrides of the backbone variant's sizes (tiny test models)"),
-    "backbone_weights": _str(None, "pretrained ViT weights: null (random init), a local .safetensors/.pth/.npz "
-                                   "path, or 'timm' (timm hub cache, needs the file there or network)",
+        "timm_name": _str(OMIT, "backbone timm (required there): the timm model name, optionally with its weight "
+                                "tag, e.g. swin_large_patch4_window12_384.ms_in22k_ft_in1k"),
+        "out_indices": Spec("list", OMIT, "backbone timm (required there): timm feature indices tapped as decoder "
+                                          "levels (blocks of ViT-like models, stages of Swin/ConvNeXt; negative "
+                                          "counts from the end)", item=_int()),
+        "model_kwargs": Spec("map", OMIT, "backbone timm: extra timm.create_model arguments (window_size, tiny "
+                                          "sizes, ...)"),
+        "resample": _str(OMIT, "backbone timm: how levels finer than the decoder grid are shrunk to it "
+                               "(area averaging, default; or bilinear); coarser ones are enlarged bilinearly",
+                         choices=("area", "bilinear")),
+        "norm": _bool(OMIT, "backbone timm: apply the model's final norm where timm's forward_intermediates does "
+                            "(default true)"),
+        "api": _str(OMIT, "backbone timm: timm API that taps the levels (auto, default: forward_intermediates when "
+                          "the family has it, else features_only)", choices=("auto", "intermediates", "features_only")),
+    }, "ViT variants: overrides of the variant's sizes (tiny test models); backbone timm: the timm model and "
+       "its taps (docs/extending.md)"),
+    "decoder_stride": _int(OMIT, f"pixels per decoder cell s: every backbone level is resampled to the H/s x W/s "
+                                 f"grid (unset: {DEFAULT_DECODER_STRIDE}; the paper ViTs accept only their patch "
+                                 f"size {PATCH_SIZE}; crops must be multiples of s)", ge=1),
+    "backbone_weights": _str(None, "pretrained backbone weights: null (random init), a local file (.safetensors, "
+                                   ".pth/.pt/.bin or .npz; for backbone timm the timm model's own state dict, see "
+                                   "README Backbones), or 'timm' (timm hub cache, needs the file there or network)",
                              nullable=True),
     "drop_path_rate": _float(0.15, "stochastic depth rate of the last ViT block (linear from 0)", ge=0, lt=1),
     "final_embed_dim": _int(REQUIRED, "decoder width C", ge=4),

@@ -78,6 +78,38 @@ def test_config_names_map_to_the_files_the_configs_expect(repo_root):
         assert str(pw.output_path("pretrained/", pw.timm_tag(backbone))) == expected
 
 
+def test_every_shipped_config_expects_the_file_the_tool_writes(repo_root):
+    """backbone_weights of every paper-size config is <out>/<timm tag>.safetensors of its backbone's tag."""
+    import yaml
+
+    for config in sorted((repo_root / "configs").glob("*/*.yml")):
+        raw = yaml.safe_load(config.read_text())
+        weights = raw.get("backbone_weights")
+        if not weights or weights == "timm" or "_base_" in config.parts:
+            continue
+        tag = raw["backbone_kwargs"]["timm_name"] if raw["backbone"] == "timm" else pw.timm_tag(raw["backbone"])
+        assert str(pw.output_path("pretrained/", tag)) == weights, config
+
+
+@pytest.mark.parametrize("arch", ["swin_tiny_patch4_window7_224", "convnext_atto"])
+def test_hierarchical_timm_files_pass_and_load_into_the_adapter(tmp_path, capsys, arch):
+    """Swin and ConvNeXt files (classifier under head.fc / head.norm) pass the check and load into the
+    timm backbone adapter. The check builds the tag's full-size reference, so the file is full-size too."""
+    import timm
+
+    from models.timm_backbone import TimmMultiLevel, load_timm_weights
+
+    sd = timm.create_model(arch, pretrained=False).state_dict()
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(src))
+    rc, _, err = _main(capsys, "--backbone", arch, "--from", str(src), "--out", str(tmp_path / "p"))
+    assert rc == 0, err
+    net = TimmMultiLevel(arch, [0, 1, 2, 3], out_dim=8, img_size=(224, 224) if "swin" in arch else (64, 64))
+    load_timm_weights(net, str(tmp_path / "p" / f"{arch}.safetensors"))
+    name = "layers.0.blocks.0.attn.qkv.weight" if "swin" in arch else "stages.0.blocks.0.conv_dw.weight"
+    assert torch.equal(net.model.state_dict()[name], sd[name])
+
+
 def test_unknown_backbone_unreadable_file_and_offline_hub_are_one_line(tmp_path, capsys, monkeypatch):
     rc, _, err = _main(capsys, "--backbone", "not_a_model", "--out", str(tmp_path))
     assert rc == 2 and err.count("\n") == 1 and "neither a config backbone" in err

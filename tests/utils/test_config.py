@@ -36,6 +36,20 @@ PAPER = {
                                         val_interval=4000, topk=4, spatial_size=1008,
                                         rank_list=list(range(32, 257, 16))),
 }
+# Paper recipe with another backbone (backbone: timm): timm tag, decoder stride, decoder width, seed.
+TIMM_PAPER = {
+    "configs/pascal/swinL.yml": ("swin_large_patch4_window12_384.ms_in22k_ft_in1k", 16, 376, 64),
+    "configs/pascal/dinov2L.yml": ("vit_large_patch14_dinov2.lvd142m", 14, 376, 64),
+    "configs/pascal/convnextL.yml": ("convnext_large.fb_in22k_ft_in1k_384", 16, 376, 64),
+    "configs/nyud/swinL.yml": ("swin_large_patch4_window12_384.ms_in22k_ft_in1k", 16, 768, 1919810),
+    "configs/nyud/dinov2L.yml": ("vit_large_patch14_dinov2.lvd142m", 14, 768, 1919810),
+}
+# Tiny CPU configs per backbone family (tests, demo, learning benchmark): timm architecture, crop size.
+TIMM_DEMO = {
+    "configs/demo/synthetic_pascal_swin.yml": ("swin_tiny_patch4_window7_224", (128, 128)),
+    "configs/demo/synthetic_pascal_convnext.yml": ("convnext_atto", (128, 128)),
+    "configs/demo/synthetic_pascal_dinov2.yml": ("vit_small_patch14_dinov2", (140, 140)),
+}
 LOSS_WEIGHTS = {"PASCALContext": dict(semseg=1.0, human_parts=2.0, sal=5.0, edge=50.0, normals=10.0),
                 "NYUD": dict(semseg=1.0, depth=1.0, edge=50.0, normals=10.0)}
 
@@ -82,7 +96,8 @@ def error_of(path, **kw) -> ConfigError:
 # ---------------------------------------------------------------- shipped configs
 
 def test_all_expected_configs_are_shipped():
-    assert set(PAPER) | {"configs/demo/synthetic_pascal.yml", "configs/demo/synthetic_nyud.yml"} == set(SHIPPED)
+    demos = {"configs/demo/synthetic_pascal.yml", "configs/demo/synthetic_nyud.yml"}
+    assert set(PAPER) | set(TIMM_PAPER) | set(TIMM_DEMO) | demos == set(SHIPPED)
 
 
 @pytest.mark.parametrize("rel", SHIPPED)
@@ -134,6 +149,74 @@ def test_paper_configs_follow_the_paper_recipe(rel):
     # Delta_m reference = published TaskDiffusion ViT-L numbers, one headline metric per task.
     for t in cfg.TASKS.NAMES:
         assert task_table.task_info(cfg.db_name, t).metric in cfg.delta_m_reference[t]
+
+
+@pytest.mark.parametrize("rel", sorted(TIMM_PAPER))
+def test_timm_paper_configs_change_only_the_backbone(rel):
+    """Same recipe as the ViT-L config of the dataset; weights from a local file named after the timm tag."""
+    cfg = load_config(ROOT / rel)
+    ref = load_config(ROOT / rel.rsplit("/", 1)[0] / "vitL.yml")
+    tag, stride, width, seed = TIMM_PAPER[rel]
+    assert cfg.backbone == "timm" and cfg.backbone_kwargs.timm_name == tag
+    assert cfg.decoder_stride == stride and cfg.final_embed_dim == width and cfg.seed == seed
+    assert cfg.backbone_weights == f"pretrained/{tag}.safetensors"
+    assert all(s % stride == 0 for s in cfg.TRAIN.SCALE)
+    for k in ("max_iter", "optimizer", "optimizer_kwargs", "trBatch", "valBatch", "aux_weight", "drop_path_rate",
+              "loss_kwargs", "val_interval", "model", "delta_m_reference"):
+        assert cfg[k] == ref[k], k
+
+
+@pytest.mark.parametrize("rel", sorted(TIMM_DEMO))
+def test_timm_demo_configs_are_tiny(rel):
+    cfg = load_config(ROOT / rel)
+    arch, scale = TIMM_DEMO[rel]
+    assert cfg.backbone == "timm" and cfg.backbone_kwargs.timm_name == arch and cfg.backbone_weights is None
+    assert tuple(cfg.TRAIN.SCALE) == scale and cfg.final_embed_dim == 32 and cfg.max_iter <= 500
+    assert cfg.delta_m_reference is None
+
+
+def test_timm_choices_in_the_schema_match_the_adapter():
+    """The schema (torch-free, below models) repeats the adapter's choices; they must agree."""
+    from models.variants import TIMM_APIS, TIMM_KWARG_KEYS, TIMM_RESAMPLE_MODES
+
+    bk = SCHEMA["backbone_kwargs"].children
+    assert bk["resample"].choices == TIMM_RESAMPLE_MODES and bk["api"].choices == TIMM_APIS
+    assert set(TIMM_KWARG_KEYS) <= set(bk)
+
+
+@pytest.mark.parametrize("changes,key,words", [
+    (dict(backbone_kwargs={"timm_name": "convnext_atto"}), "backbone_kwargs.out_indices", "required"),
+    (dict(backbone_kwargs={"out_indices": [0, 1]}), "backbone_kwargs.timm_name", "required"),
+    (dict(backbone_kwargs={"timm_name": "convnext_atto", "out_indices": [0], "taps": [1, 2, 3]}),
+     "backbone_kwargs.taps", "paper ViTs"),
+    (dict(backbone_kwargs={"timm_name": "convnext_atto", "out_indices": [0], "resample": "nearest"}),
+     "backbone_kwargs.resample", "area"),
+    (dict(backbone_kwargs={"timm_name": "convnext_atto", "out_indices": [0]}, decoder_stride=16,
+          crop_size=[120, 128]), "crop_size", "decoder_stride 16"),
+])
+def test_timm_backbone_keys(tmp_path, changes, key, words):
+    err = error_of(write(tmp_path / "c.yml", with_(backbone="timm", **changes)))
+    assert err.key == key and words in str(err) and "\n" not in str(err)
+
+
+def test_vit_rejects_timm_keys_and_other_strides(tmp_path):
+    err = error_of(write(tmp_path / "a.yml", with_(backbone_kwargs={"timm_name": "x"})))
+    assert err.key == "backbone_kwargs.timm_name" and "TaskDiffusion_vitT" in str(err)
+    err = error_of(write(tmp_path / "b.yml", with_(decoder_stride=8, backbone_kwargs={
+        "embed_dim": 64, "depth": 4, "num_heads": 2, "taps": [1, 2, 3]})))
+    assert err.key == "decoder_stride" and "backbone: timm" in str(err)
+    ok = load_config(write(tmp_path / "c.yml", with_(decoder_stride=16)))
+    assert ok.decoder_stride == 16
+
+
+def test_timm_mlore_spatial_size_uses_the_decoder_stride(tmp_path):
+    cfg = load_config(write(tmp_path / "c.yml", with_(
+        backbone="timm", model="TaskDiffusion_mlore", rank_list=[4] * 15, topk=2, decoder_stride=8,
+        crop_size=[64, 96], backbone_kwargs={"timm_name": "convnext_atto", "out_indices": [0, 1],
+                                             "model_kwargs": {"dims": [8, 16, 32, 64]}},
+        loss_kwargs={"loss_weights": {"semseg": 1.0, "load_balancing": 0.1}})))
+    assert cfg.spatial_size == (64 // 8) * (96 // 8)
+    assert cfg.backbone_kwargs.model_kwargs == {"dims": [8, 16, 32, 64]}
 
 
 @pytest.mark.parametrize("rel,scale", [("configs/demo/synthetic_pascal.yml", (128, 128)),
