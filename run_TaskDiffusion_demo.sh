@@ -5,6 +5,7 @@
 # checkpoints and prediction images.
 # Idempotent: a second run reuses .venv and the dataset. Extra arguments go to main.py, e.g.
 #   bash run_TaskDiffusion_demo.sh --opts max_iter=50
+#   CONFIG=configs/demo/synthetic_pascal_convnext.yml bash run_TaskDiffusion_demo.sh   # another backbone family
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,7 +14,8 @@ source scripts/ensure_venv.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 DATA=data_root/synthetic
-CONFIG=configs/demo/synthetic_pascal.yml
+CONFIG=${CONFIG:-configs/demo/synthetic_pascal.yml}  # e.g. CONFIG=configs/demo/synthetic_pascal_swin.yml
+RUN=runs/$(sed -n 's/^version_name: *//p' "$CONFIG" | head -n 1)
 
 # Complete = both split files exist and every listed image is there (an interrupted run is redone).
 dataset_complete() {
@@ -37,7 +39,7 @@ echo "[demo] step 3/3: training and evaluating with $CONFIG"
 echo "[demo] running: .venv/bin/python main.py --config_exp $CONFIG --run_mode train --data_root $DATA $*"
 .venv/bin/python main.py --config_exp "$CONFIG" --run_mode train --data_root "$DATA" "$@"
 echo "[demo] finished: the per-task metric table and the paths of the log, checkpoints, TensorBoard events,"
-echo "[demo] metrics JSON and prediction images are printed above (run folder: runs/demo_synthetic_pascal)."
+echo "[demo] metrics JSON and prediction images are printed above (run folder: $RUN)."
 echo "[demo] Running this script again reuses the dataset and the finished run (delete the run folder to retrain);"
-echo "[demo] predictions for your own images: .venv/bin/python infer.py --config_exp runs/demo_synthetic_pascal/config.yml \\"
-echo "[demo]     --trained_model runs/demo_synthetic_pascal/checkpoints/best.pth --input IMAGE_OR_FOLDER --output preds/"
+echo "[demo] predictions for your own images: .venv/bin/python infer.py --config_exp $RUN/config.yml \\"
+echo "[demo]     --trained_model $RUN/checkpoints/best.pth --input IMAGE_OR_FOLDER --output preds/"

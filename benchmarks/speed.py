@@ -204,7 +204,7 @@ def bench_group(config_name, model_kind, variants, batch, device, args, ref_pred
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-7)
     ckw = {"backend": args.compile_backend} if getattr(args, "compile_backend", None) else {}
     runners = {v.name: Runner(v, model, criterion, optimizer, images, targets, device, noise, ckw) for v in variants}
-    steps = 1 if model_kind == "baseline" else int(cfg.get("timesteps", 3))
+    steps = 1 if model_kind == "baseline" else int(cfg.timesteps)  # a loaded config: the schema's default is filled
     rows = {}
     # predictions first, before any training step changes weights and BN statistics
     preds = {name: r.infer(noise)["pred"] for name, r in runners.items()}

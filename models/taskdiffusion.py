@@ -28,6 +28,7 @@ from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_
                               draw_train_noise, draw_train_times, logsnr_cosine, noise_latent, to_bits,
                               upsample_bilinear)
 from utils.config import cfg_get
+from utils.config_schema import SCHEMA
 from utils.seed import name_seed
 
 def sample_rule(info: TaskInfo) -> tuple:
@@ -482,8 +483,8 @@ def head_kwargs_from_config(cfg, num_levels: int = 4) -> dict:
         task_infos=config_task_infos(cfg),
         embed_dim=int(cfg_get(cfg, "final_embed_dim")),
         num_levels=num_levels,
-        timesteps=int(cfg_get(cfg, "timesteps", 3)),
-        randsteps=int(cfg_get(cfg, "randsteps", 1)),
+        timesteps=int(cfg_get(cfg, "timesteps", SCHEMA["timesteps"].default)),  # one default: the schema's
+        randsteps=int(cfg_get(cfg, "randsteps", SCHEMA["randsteps"].default)),
         bit_scale=float(cfg_get(bit_scales, "all", 0.01)),
         module_layer=int(cfg_get(cfg, "module_layer", 3)),
         with_aux=bool(cfg_get(cfg, "with_aux", True)),

@@ -41,3 +41,17 @@ def env_for_subprocess() -> dict:
                 "CUDA_VISIBLE_DEVICES": ""})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory):
+    """A randomly initialised tiny-model checkpoint (iteration 0) for the inference tests."""
+    import torch
+
+    from models import build_model
+    from utils.checkpoint import build_state, save_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = tiny_cfg(tiny_data, out)
+    torch.manual_seed(0)
+    return save_checkpoint(build_state(build_model(cfg), iteration=0), str(out))[0]

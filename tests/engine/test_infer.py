@@ -4,25 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import infer
-from tests.engine.conftest import BASE_OPTS, CONFIG, tiny_cfg
-from utils.checkpoint import build_state, save_checkpoint
+from tests.engine.conftest import BASE_OPTS, CONFIG
 
 SIZES = {"wide": (30, 40), "big": (100, 64), "thin": (17, 48)}  # "big" is larger than the 48×48 network size
 TASKS = ["semseg", "human_parts", "sal", "normals", "edge"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_data, tmp_path_factory):
-    from models import build_model
-
-    out = tmp_path_factory.mktemp("ckpt")
-    cfg = tiny_cfg(tiny_data, out)
-    torch.manual_seed(0)
-    return save_checkpoint(build_state(build_model(cfg), iteration=0), str(out))[0]
 
 
 @pytest.fixture(scope="module")

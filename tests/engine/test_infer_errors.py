@@ -14,22 +14,11 @@ import infer
 from engine import inference, pictures, predict
 from engine.inference import InferenceError
 from engine.pictures import OVERVIEW_MAX_SIDE
-from tests.engine.conftest import BASE_OPTS, CONFIG, ROOT, env_for_subprocess, tiny_cfg
-from utils.checkpoint import build_state, save_checkpoint
+from tests.engine.conftest import BASE_OPTS, CONFIG, ROOT, env_for_subprocess
 
 TASKS = ["semseg", "human_parts", "sal", "normals", "edge"]
 GOOD = {"a1": (30, 40), "a2": (17, 48), "d": (100, 64)}  # name -> (h, w)
 BAD = {"b_corrupt.jpg": "cannot identify image file", "c_truncated.png": "image file is truncated"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_data, tmp_path_factory):
-    from models import build_model
-
-    out = tmp_path_factory.mktemp("ckpt")
-    cfg = tiny_cfg(tiny_data, out)
-    torch.manual_seed(0)
-    return save_checkpoint(build_state(build_model(cfg), iteration=0), str(out))[0]
 
 
 @pytest.fixture(scope="module")
