@@ -252,7 +252,7 @@ def summary_lines(cfg, payload, checkpoint: str | None = None) -> str:
         lines.append(f"checkpoints:  {os.path.join(ck, ckpt_lib.LAST)}"
                      + (f", {os.path.join(ck, ckpt_lib.BEST)}" if os.path.isfile(os.path.join(ck, ckpt_lib.BEST))
                         else ""))
-        lines.append(f"tensorboard:  {os.path.join(out, 'tb')}   (tensorboard --logdir {os.path.join(out, 'tb')})")
+        lines.append(f"tensorboard:  {os.path.join(out, 'tb')}   ({_tensorboard_command()} --logdir {os.path.join(out, 'tb')})")
     if payload is not None and payload.get("path"):
         lines.append(f"metrics:      {payload['path']}")
     pred = os.path.join(out, "predictions")
@@ -262,3 +262,15 @@ def summary_lines(cfg, payload, checkpoint: str | None = None) -> str:
         lines.append(f"predictions:  {pred}/  ({n} PNG files; {', '.join(tasks)})")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def _tensorboard_command() -> str:
+    """How to start TensorBoard from here: the executable next to this Python (e.g. `.venv/bin/tensorboard`,
+    relative when under the current folder), or plain `tensorboard` when there is none."""
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    if not os.path.isfile(exe):
+        return "tensorboard"
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else exe
