@@ -35,7 +35,7 @@ from engine.stop import TrainingStopped
 from models.backbones import BackboneError
 from utils.config import cfg_get, save_config
 from utils.devices import parse_device
-from utils.distributed import cleanup_distributed, init_distributed, is_main_process
+from utils.distributed import abandon_distributed, cleanup_distributed, init_distributed, is_main_process
 from utils.logger import close_logger, setup_logger
 from utils.seed import rank_seed, seed_everything
 
@@ -93,7 +93,7 @@ def run_experiment(cfg, args, datasets: dict) -> int:
         if clean:
             cleanup_distributed()
         else:
-            _drop_process_group()
+            abandon_distributed()
         close_logger()
     return status
 
@@ -105,17 +105,6 @@ def _log_error(log, err: Exception, debug: bool) -> None:
             log.exception(f"error: {err}")
         else:
             log.error(f"error: {' '.join(str(err).split())}")
-
-
-def _drop_process_group() -> None:
-    """Destroy the process group without a barrier (another rank may never reach one)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - best effort while exiting
-            pass
 
 
 def _forced_device(name):

@@ -28,7 +28,7 @@ __all__ = [
     "DistInfo", "init_distributed", "is_dist_avail_and_initialized", "get_rank", "get_world_size",
     "is_main_process", "barrier", "all_reduce_sum", "all_gather_object", "broadcast_object",
     "cleanup_distributed", "DEFAULT_TIMEOUT_MINUTES", "env_rank", "env_world_size", "is_main_process_env",
-    "elastic_store_warning", "any_rank", "format_error", "report_error",
+    "elastic_store_warning", "any_rank", "format_error", "report_error", "abandon_distributed",
 ]
 
 DEFAULT_TIMEOUT_MINUTES = 30.0  # the default of the config key dist_timeout_minutes
@@ -245,8 +245,32 @@ def any_rank(flag: bool) -> bool:
     if not is_dist_avail_and_initialized() or get_world_size() == 1:
         return bool(flag)
     t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    all_reduce_sum(t)
+    group = _cpu_group()
+    if group is None:
+        all_reduce_sum(t)
+    else:  # host flags over gloo: no copy to the GPU, no wait for its queued work
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return int(t.item()) > 0
+
+
+_CPU_GROUP: dict = {}
+
+
+def _cpu_group():
+    """A gloo group over all ranks for host-side flags when the default group is NCCL, else None.
+
+    Why: under NCCL a flag all-reduce copies to the GPU and back, so reading it waits for every kernel
+    queued before it (the optimizer step), once per iteration. Created on first use; `any_rank` is called
+    by every rank at the same points, which is what group creation needs. Falls back to the default group
+    when gloo cannot be set up (e.g. no usable network interface for it)."""
+    if dist.get_backend() != "nccl":
+        return None
+    if "group" not in _CPU_GROUP:
+        try:
+            _CPU_GROUP["group"] = dist.new_group(backend="gloo")
+        except Exception:  # noqa: BLE001 - the default group still works, only slower
+            _CPU_GROUP["group"] = None
+    return _CPU_GROUP["group"]
 
 
 def format_error(message: str, same_on_all_ranks: bool = True) -> str | None:
@@ -280,10 +304,22 @@ def report_error(message: str, same_on_all_ranks: bool = True, file=None) -> boo
     return True
 
 
+def abandon_distributed() -> None:
+    """Destroy the process group without a barrier (another rank may never reach one: a crash, a second
+    Ctrl-C); best effort, errors ignored."""
+    _CPU_GROUP.clear()
+    if is_dist_avail_and_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort while exiting
+            pass
+
+
 def cleanup_distributed() -> None:
     """Wait for every rank, then destroy the process group (no-op when none exists)."""
     if is_dist_avail_and_initialized():
         try:
             barrier()
         finally:
+            _CPU_GROUP.clear()
             dist.destroy_process_group()

@@ -208,3 +208,35 @@ def test_gloo_collective_times_out_instead_of_hanging(tmp_path, repo_root):
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     assert r0["outcome"].startswith("raised"), r0
     assert TIMEOUT_MIN * 60 * 0.9 <= r0["seconds"] < 60, r0
+
+
+def test_any_rank_uses_a_gloo_side_group_under_nccl(monkeypatch):
+    """Under NCCL, host flags go over a gloo group (no GPU copy); when gloo cannot be set up, the default
+    group is used."""
+    import utils.distributed as ud
+
+    calls = []
+    monkeypatch.setattr(ud, "is_dist_avail_and_initialized", lambda: True)
+    monkeypatch.setattr(ud, "get_world_size", lambda: 2)
+    monkeypatch.setattr(ud.dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(ud.dist, "new_group", lambda backend=None: calls.append(("new_group", backend)) or "G")
+
+    def fake_all_reduce(t, op=None, group=None):
+        calls.append(("all_reduce", group))
+        t.add_(1)  # the other rank's flag
+
+    monkeypatch.setattr(ud.dist, "all_reduce", fake_all_reduce)
+    ud._CPU_GROUP.clear()
+    assert ud.any_rank(False) is True and ud.any_rank(False) is True
+    assert calls == [("new_group", "gloo"), ("all_reduce", "G"), ("all_reduce", "G")]  # created once
+
+    ud._CPU_GROUP.clear()
+    calls.clear()
+
+    def no_gloo(backend=None):
+        raise RuntimeError("gloo unavailable")
+
+    monkeypatch.setattr(ud.dist, "new_group", no_gloo)
+    monkeypatch.setattr(ud, "all_reduce_sum", lambda t: calls.append(("default", None)) or t)
+    assert ud.any_rank(True) is True and calls == [("default", None)]
+    ud._CPU_GROUP.clear()
