@@ -17,13 +17,13 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from data.sample_errors import describe_failures
 from engine.predict import run_predictions
 from engine.sinks import MetricsSink, PredictionPNGSink, VisualGridSink
 from utils.config import cfg_get
+from utils.plain import to_plain as _to_plain
 from utils.precision import bf16_autocast
 from utils.distributed import all_reduce_sum, get_rank, is_main_process
 from utils.io import atomic_write
@@ -90,17 +90,7 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
 
 def to_plain(v):
     """Plain Python numbers and containers (tensors, numpy scalars and arrays converted) for JSON."""
-    if isinstance(v, dict):
-        return {k: to_plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [to_plain(x) for x in v]
-    if torch.is_tensor(v):
-        return v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
+    return _to_plain(v, arrays=True)
 
 
 def headline_metrics(results: dict, cfg) -> dict:

@@ -20,3 +20,12 @@ def test_containers_paths_and_scalars_become_plain():
 def test_other_values_are_kept():
     arr = np.zeros(3)
     assert to_plain(arr) is arr and to_plain({1: "x"}) == {1: "x"} and to_plain(None) is None
+
+
+def test_arrays_mode_gives_json_values():
+    """arrays=True (metrics JSON): arrays and tensors become lists, a one-element tensor its number."""
+    v = {"a": np.arange(3), "b": torch.tensor([[1.5, 2.0]]), "c": torch.tensor([7]), "d": np.float64(0.25),
+         "e": (np.array(2.0), Path("/y"))}
+    out = to_plain(v, arrays=True)
+    assert out == {"a": [0, 1, 2], "b": [[1.5, 2.0]], "c": 7, "d": 0.25, "e": [2.0, "/y"]}
+    assert type(out["c"]) is int and type(out["a"][0]) is int
