@@ -108,22 +108,19 @@ def weights_tag(cfg) -> str:
     return str(VARIANTS.get(cfg.backbone, {}).get("timm_name") or cfg.backbone)
 
 
-def _env_rank(name: str) -> int:
-    try:
-        return int(os.environ.get(name, "0") or 0)
-    except ValueError:
-        return 0
-
-
 def is_main_rank() -> bool:
     """Rank 0 writes files. Read from the launcher's environment: no process group exists yet."""
-    return _env_rank("RANK") == 0
+    from utils.distributed import is_main_process_env
+
+    return is_main_process_env()
 
 
 def reports_errors() -> bool:
     """Whether this process prints a pre-run error: every rank hits the same one, so only the first
     process of each node does (once on one node; on several nodes, also a node whose files differ)."""
-    return _env_rank("LOCAL_RANK") == 0
+    from utils.distributed import env_local_rank
+
+    return env_local_rank() == 0
 
 
 def check_output(cfg, args) -> None:
@@ -183,7 +180,9 @@ def open_datasets(cfg) -> dict:
 
 def check_batch_fits(cfg, n_train: int) -> None:
     """trBatch images per process must fit in the training split (drop_last: else no batch at all)."""
-    world = max(_env_rank("WORLD_SIZE"), 1)
+    from utils.distributed import env_world_size
+
+    world = max(env_world_size(), 1)
     per_rank = n_train // world
     if per_rank < int(cfg.trBatch):
         raise UserError(f"config key 'trBatch' = {cfg.trBatch}: the {cfg.db_name} train split has {n_train} "

@@ -35,7 +35,8 @@ from engine.stop import TrainingStopped
 from models.backbones import BackboneError
 from utils.config import cfg_get, save_config
 from utils.devices import parse_device
-from utils.distributed import abandon_distributed, cleanup_distributed, init_distributed, is_main_process
+from utils.distributed import (abandon_distributed, cleanup_distributed, elastic_store_warning, init_distributed,
+                               is_main_process)
 from utils.logger import close_logger, setup_logger
 from utils.seed import rank_seed, seed_everything
 
@@ -61,6 +62,9 @@ def run_experiment(cfg, args, datasets: dict) -> int:
     if is_main_process():
         log.info(f"run {cfg.version_name} ({cfg.run_mode}): {info.world_size} process(es), device {info.device}, "
                  f"output folder {cfg.output_dir}")
+        store_warning = elastic_store_warning()
+        if store_warning:
+            log.warning(store_warning)
     status = 0
     clean = True
     debug = bool(getattr(args, "debug", False))

@@ -27,7 +27,8 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo", "init_distributed", "is_dist_avail_and_initialized", "get_rank", "get_world_size",
     "is_main_process", "barrier", "all_reduce_sum", "all_gather_object", "broadcast_object",
-    "cleanup_distributed", "DEFAULT_TIMEOUT_MINUTES", "env_rank", "env_world_size", "is_main_process_env",
+    "cleanup_distributed", "DEFAULT_TIMEOUT_MINUTES", "env_rank", "env_local_rank", "env_world_size",
+    "is_main_process_env",
     "elastic_store_warning", "any_rank", "format_error", "report_error", "abandon_distributed",
 ]
 
@@ -179,6 +180,11 @@ def env_rank() -> int:
 def env_world_size() -> int:
     """Number of processes from the launcher's environment (WORLD_SIZE; 1 when unset)."""
     return _env_int("WORLD_SIZE", 1)
+
+
+def env_local_rank() -> int:
+    """This process's rank on its node from the launcher's environment (LOCAL_RANK; 0 when unset)."""
+    return _env_int("LOCAL_RANK", 0)
 
 
 def is_main_process_env() -> bool:

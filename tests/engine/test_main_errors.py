@@ -165,3 +165,11 @@ def test_stale_temporaries_removed_and_periodic_copies_pruned(tiny_data, tmp_pat
     assert not stale.exists()
     names = sorted(os.listdir(out / "checkpoints"))
     assert names == ["best.pth", "iter_000004.pth", "iter_000005.pth", "last.pth"], names
+
+
+def test_restartable_torchrun_without_a_fresh_store_is_warned_at_start(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # what torchrun exports by default
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    assert main_mod.main(_argv(tiny_data, tmp_path / "run", "max_iter=1")) == 0
+    cap = capsys.readouterr()
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in cap.out + cap.err
