@@ -169,8 +169,8 @@ def spec_view(attr: str) -> Mapping:
 
 
 # ---- the built-in datasets ----------------------------------------------------------------------------
-_ATRC = ("Get it from ATRC's data release (linked from https://github.com/brdav/atrc): download "
-         "https://data.vision.ee.ethz.ch/brdavid/atrc/{tarball} and extract it (tar xzf) inside a root "
+_ATRC = ("It is the {tarball} of ATRC's data release (https://github.com/brdav/atrc; its original ETH link has "
+         "answered 404 since late 2024, docs/data.md lists the mirrors): extract it (tar xzf) inside a root "
          "folder, so that <root>/{folder}/ exists.")
 
 register_dataset(DatasetSpec(
