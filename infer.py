@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from data import DatasetError
-    from engine.inference import InferenceError, one_line
+    from engine.inference import InferenceError
     from utils.checkpoint import CheckpointError
     from engine.cli import load_cli_config
     from utils.cli import fail
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     try:
         return run(cfg, args)
     except (InferenceError, DatasetError, CheckpointError) as err:
-        fail(one_line(err))
+        fail(err)
         return EXIT_USAGE
 
 

@@ -238,12 +238,14 @@ def main(argv=None) -> int:
 
 def _report(err: Exception, status: int, debug: bool) -> int:
     """One `error:` line (the first process of each node only); the traceback too with --debug."""
+    from utils.cli import one_line
+
     if reports_errors():
         if debug:
             import traceback
 
             traceback.print_exception(err)
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
     return status
 
 

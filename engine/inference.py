@@ -30,7 +30,8 @@ import torch
 from torch.utils.data import Dataset
 
 from data.sample_errors import FailedSample
-from utils.devices import DeviceError, parse_device
+from utils.cli import one_line
+from utils.devices import DeviceError, pick_device
 
 __all__ = ["IMAGE_EXTENSIONS", "InferenceError", "list_images", "ImageFolder", "collate_images", "input_label",
            "failure_summary", "fit_size", "output_subfolders", "prepare_output_dir", "resolve_device", "one_line",
@@ -44,13 +45,6 @@ SUMMARY_MAX_NAMES = 20
 
 class InferenceError(ValueError):
     """A problem with --input, --output or --device that the user can fix; str(err) is the one-line message."""
-
-
-def one_line(message) -> str:
-    """The message on one line (its lines joined by ' | ', runs of blanks squeezed), so that a user-facing
-    error stays one `error:` line on stderr even when a library wrote a multi-line help text."""
-    lines = (" ".join(line.split()) for line in str(message).splitlines())
-    return " | ".join(line for line in lines if line)
 
 
 # --- inputs ------------------------------------------------------------------------------------------------
@@ -170,13 +164,12 @@ def failure_summary(failed, total: int, what: str, advice: str) -> str:
 # --- device and output folder ----------------------------------------------------------------------------
 
 def resolve_device(name) -> torch.device:
-    """--device checked before any work (utils.devices.parse_device): None -> CUDA when available, else
+    """--device checked before any work (utils.devices.pick_device): None -> CUDA when available, else
     CPU; a bad name -> InferenceError with one line listing what works."""
     try:
-        dev = parse_device(name)
+        return pick_device(name)
     except DeviceError as err:
         raise InferenceError(str(err)) from None
-    return dev if dev is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def output_subfolders(tasks: dict) -> list:

@@ -33,6 +33,7 @@ from utils import checkpoint as ckpt_lib
 from data.sample_errors import SampleReadError
 from engine.stop import TrainingStopped
 from models.backbones import BackboneError
+from utils.cli import one_line
 from utils.config import cfg_get, save_config
 from utils.devices import parse_device
 from utils.distributed import (abandon_distributed, cleanup_distributed, elastic_store_warning, init_distributed,
@@ -108,7 +109,7 @@ def _log_error(log, err: Exception, debug: bool) -> None:
         if debug:
             log.exception(f"error: {err}")
         else:
-            log.error(f"error: {' '.join(str(err).split())}")
+            log.error(f"error: {one_line(err)}")
 
 
 def _forced_device(name):

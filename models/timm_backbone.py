@@ -59,6 +59,7 @@ from models.backbones import (BackboneFileError, BackboneHubError, BackboneValue
 from models.variants import TIMM_APIS as APIS
 from models.variants import TIMM_KWARG_KEYS, TIMM_REQUIRED_KEYS
 from models.variants import TIMM_RESAMPLE_MODES as RESAMPLE_MODES
+from utils.cli import one_line
 from utils.config_schema import DEFAULT_DECODER_STRIDE
 
 __all__ = ["TimmMultiLevel", "build_timm_backbone", "load_timm_weights", "read_timm_state_dict", "RESAMPLE_MODES",
@@ -69,10 +70,6 @@ __all__ = ["TimmMultiLevel", "build_timm_backbone", "load_timm_weights", "read_t
 def _timm():
     import timm
     return timm
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 def _build(timm_name: str, kwargs: Mapping, meta: bool = False, **extra) -> nn.Module:
@@ -90,7 +87,7 @@ def _build(timm_name: str, kwargs: Mapping, meta: bool = False, **extra) -> nn.M
         raise
     except TypeError as exc:
         raise BackboneValueError(f"timm model {timm_name!r} does not accept backbone_kwargs.model_kwargs "
-                                 f"{sorted(kwargs)}: {_one_line(exc)}") from exc
+                                 f"{sorted(kwargs)}: {one_line(exc)}") from exc
 
 
 def _reference(timm_name: str, kwargs: Mapping) -> nn.Module:
@@ -184,7 +181,7 @@ class TimmMultiLevel(nn.Module):
             take, last = feature_take_indices(len(info), idx)
         except (AssertionError, IndexError) as exc:
             raise BackboneValueError(f"timm backbone {self.timm_name!r}: out_indices {out_indices} are out of range for "
-                                     f"its {len(info)} feature levels ({_one_line(exc)})") from exc
+                                     f"its {len(info)} feature levels ({one_line(exc)})") from exc
         take = [int(t) for t in take]
         if take != sorted(set(take)):
             raise BackboneValueError(f"timm backbone {self.timm_name!r}: out_indices {out_indices} must be increasing")
@@ -308,7 +305,7 @@ def read_timm_state_dict(path: str, timm_name: str, timm_kwargs: Mapping | None 
             return timm.create_model(timm_name, pretrained=True).state_dict()
         except Exception as exc:
             raise BackboneHubError(f"backbone_weights: timm could not load '{timm_name}' from its hub cache "
-                                   f"({type(exc).__name__}: {_one_line(exc)[:200]}); {_advice(timm_name)}") from exc
+                                   f"({type(exc).__name__}: {one_line(exc)[:200]}); {_advice(timm_name)}") from exc
     file = Path(os.path.expanduser(str(path)))
     if not file.is_file():
         raise BackboneFileError(f"backbone_weights: file '{file}' does not exist (timm model '{timm_name}'); "
@@ -322,13 +319,13 @@ def read_timm_state_dict(path: str, timm_name: str, timm_kwargs: Mapping | None 
             full.load_pretrained(str(file))
         except Exception as exc:
             raise BackboneValueError(f"backbone_weights: '{file}' is not a .npz checkpoint of timm model '{timm_name}' "
-                                     f"({type(exc).__name__}: {_one_line(exc)[:200]})") from exc
+                                     f"({type(exc).__name__}: {one_line(exc)[:200]})") from exc
         return full.state_dict()
     try:
         sd = timm.models.load_state_dict(str(file))
     except Exception as exc:
         raise BackboneValueError(f"backbone_weights: cannot read '{file}' as weights of timm model '{timm_name}' "
-                                 f"({type(exc).__name__}: {_one_line(exc)[:200]}); {_advice(timm_name)}") from exc
+                                 f"({type(exc).__name__}: {one_line(exc)[:200]}); {_advice(timm_name)}") from exc
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise BackboneValueError(f"backbone_weights: '{file}' holds no state dict of tensors (timm model '{timm_name}'); "
                                  f"{_advice(timm_name)}")
@@ -344,7 +341,7 @@ def _filter(sd: dict, ref: nn.Module, source: str, tag: str) -> dict:
         return dict(fn(sd, ref))
     except Exception as exc:
         raise BackboneValueError(f"backbone_weights: '{source}' does not convert to timm model '{tag}' "
-                                 f"({type(exc).__name__}: {_one_line(exc)[:200]}); {_advice(tag)}") from exc
+                                 f"({type(exc).__name__}: {one_line(exc)[:200]}); {_advice(tag)}") from exc
 
 
 def _classifier_prefixes(ref: nn.Module) -> tuple:

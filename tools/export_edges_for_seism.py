@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     from engine.predict import run_predictions
     from utils.checkpoint import CheckpointError
     from engine.cli import load_cli_config, load_trained_model
-    from utils.cli import fail, pick_device
+    from utils.cli import fail
+    from utils.devices import DeviceError, pick_device
     from utils.precision import bf16_autocast
 
     cfg = load_cli_config(args)
@@ -102,7 +103,10 @@ def main(argv=None) -> int:
         return 2
     if "edge" not in cfg.TASKS.NAMES:
         return fail(f"the config {args.config_exp} has no edge task (task_dictionary.include_edge)")
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except DeviceError as err:
+        return fail(err)
     try:
         model = load_trained_model(cfg, args.trained_model, device, trusted=args.trust_checkpoint)
         loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size,

@@ -29,14 +29,14 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def one_line(message) -> str:
+    """The message on one line (its lines joined by ' | ', runs of blanks squeezed), so that a user-facing
+    error stays one `error:` line even when a library or a reader wrote a multi-line help text."""
+    lines = (" ".join(line.split()) for line in str(message).splitlines())
+    return " | ".join(line for line in lines if line)
+
+
 def fail(message) -> int:
-    """Print `error: message` to stderr; returns the exit status 2 for `return fail(...)`."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print `error: message` on one line to stderr; returns the exit status 2 for `return fail(...)`."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return 2
-
-
-def pick_device(name: str | None):
-    """--device, or CUDA when available, else CPU."""
-    import torch
-
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")

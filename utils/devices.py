@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DeviceError", "parse_device", "available_devices", "DEVICE_HELP"]
+__all__ = ["DeviceError", "parse_device", "pick_device", "available_devices", "DEVICE_HELP"]
 
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)"
 
@@ -34,6 +34,14 @@ def available_devices() -> list:
     if _mps_available():
         names.append("mps")
     return names
+
+
+def pick_device(name: str | None):
+    """--device checked (`parse_device`), or CUDA when available, else the CPU."""
+    import torch
+
+    dev = parse_device(name)
+    return dev if dev is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse_device(name: str | None):

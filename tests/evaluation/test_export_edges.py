@@ -36,3 +36,16 @@ def test_probabilities_input_and_errors():
 def test_cli_arguments():
     args = build_parser().parse_args(["--config_exp", "c.yml", "--trained_model", "m.pth", "--output", "o"])
     assert args.split == "val" and args.data_root is None
+
+
+def test_bad_device_is_one_line(tmp_path, capsys):
+    """A --device typo ends in one `error:` line before the checkpoint is opened (a missing one here)."""
+    from tests.engine.conftest import CONFIG
+    from tools.export_edges_for_seism import main
+
+    argv = ["--config_exp", CONFIG, "--trained_model", str(tmp_path / "missing.pth"), "--output", str(tmp_path),
+            "--device", "gpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "--device gpu: unknown device name" in lines[0], err
