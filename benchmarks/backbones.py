@@ -53,45 +53,20 @@ CONFIGS = {
 PAPER_SIZE = [k for k in CONFIGS if not k.startswith("demo")]
 
 
-def read_config(path) -> dict:
-    """A config file merged over its `_base_` chain (plain dicts; no schema, no derived keys)."""
-    import yaml
-
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    base = raw.pop("_base_", None)
-    if not base:
-        return raw
-    merged = read_config((path.parent / base).resolve())
-
-    def merge(dst, src):
-        for k, v in src.items():
-            dst[k] = merge(dict(dst[k]), v) if isinstance(v, dict) and isinstance(dst.get(k), dict) else v
-        return dst
-
-    return merge(merged, raw)
-
-
-def describe(cfg: dict) -> dict:
-    """Backbone name, input size (crop, else the dataset default), decoder width and tasks of a config."""
-    from data.datasets import dataset_spec
-
-    db = cfg.get("train_db_name")
-    crop = cfg.get("crop_size") or list(dataset_spec(db).crop_size)
-    tasks = [k[len("include_"):] for k, v in (cfg.get("task_dictionary") or {}).items()
-             if k.startswith("include_") and v]
+def describe(cfg) -> dict:
+    """Backbone name, input size, decoder width and tasks of a loaded config (engine.config.load_config)."""
     bk = dict(cfg.get("backbone_kwargs") or {})
-    name = bk.get("timm_name") if cfg.get("backbone") == "timm" else cfg.get("backbone")
-    return {"db": db, "size": [int(crop[0]), int(crop[1])], "C": int(cfg["final_embed_dim"]), "tasks": tasks,
-            "backbone": name}
+    name = bk.get("timm_name") if cfg.backbone == "timm" else cfg.backbone
+    return {"db": cfg.db_name, "size": [int(s) for s in cfg.TRAIN.SCALE], "C": int(cfg.final_embed_dim),
+            "tasks": list(cfg.TASKS.NAMES), "backbone": name}
 
 
-def build_backbone(cfg: dict):
+def build_backbone(cfg):
     """The configured backbone with random weights, on the current default device: the model's own
-    builder (models/backbone.py), given the crop size and no weights file."""
+    builder (models/backbone.py), without its weights file."""
     from models.backbone import build_backbone as build
 
-    return build(dict(cfg, TRAIN={"SCALE": describe(cfg)["size"]}, drop_path_rate=0.0, backbone_weights=None))
+    return build(dict(cfg, drop_path_rate=0.0, backbone_weights=None))
 
 
 def grid_of(backbone, size) -> tuple:
@@ -127,7 +102,9 @@ def decoder_flops(info: dict, levels: int, grid) -> int:
 
 def static_row(name: str, path) -> tuple:
     """(row with params and FLOPs, config): everything that needs no real weights (meta device)."""
-    cfg = read_config(ROOT / path)
+    from engine.config import load_config
+
+    cfg = load_config(str(ROOT / path))
     info = describe(cfg)
     h, w = info["size"]
     with torch.device("meta"):
