@@ -207,87 +207,75 @@ def _values_problem(rel, arr, allowed_max, extra=(), what="label values"):
     return None
 
 
-def _decode_pascal(root, sid, rels, image_hw, out):
+def _decode_files(root, sid, rels, image_hw, out, check_file) -> None:
+    """Run `check_file(kind, path, rel, sid, image_hw) -> [Problem or None]` on each label file of a sample;
+    a file the reader cannot decode is one 'unreadable' error (the reader's message)."""
+    for kind, rel in rels.items():
+        if rel is None or kind == "image":
+            continue
+        try:
+            out.extend(p for p in check_file(kind, root / rel, rel, sid, image_hw) if p is not None)
+        except DatasetError as err:
+            out.append(Problem("error", "unreadable", rel, _why(err)))
+
+
+def _pascal_file(kind, path, rel, sid, image_hw) -> list:
+    """Problems of one PASCAL-Context label file."""
     from .common import load_mat, read_rgb_png, read_single_channel
     from .pascal_context import human_parts_from_anno, part_index_entry
 
-    def add(p):
-        if p is not None:
-            out.append(p)
-
-    for kind, rel in rels.items():
-        if rel is None or kind == "image":
-            continue
-        path = root / rel
-        try:
-            if kind == "semseg":
-                lab = read_single_channel(path, sid)
-                add(_size_problem(rel, path, sid, lab.shape[:2], image_hw))
-                add(_values_problem(rel, lab, PASCAL_SEMSEG_CLASSES - 1, extra=(255,)))
-            elif kind == "sal":
-                lab = read_single_channel(path, sid)
-                add(_size_problem(rel, path, sid, lab.shape[:2], image_hw))
-            elif kind == "normals":
-                lab = read_rgb_png(path, sid)
-                add(_size_problem(rel, path, sid, lab.shape[:2], image_hw))
-            elif kind == "labelmap":
-                lab = np.asarray(load_mat(path, sid, "LabelMap"))
-                if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
-                    out.append(Problem("error", "label shape", rel, f"LabelMap should be a 2-D integer array, "
-                                                                    f"got {lab.dtype} {lab.shape}"))
-                    continue
-                add(_size_problem(rel, path, sid, lab.shape, image_hw))
-                add(_values_problem(rel, lab, PASCAL_CONTEXT_CLASSES, what="LabelMap ids"))
-            elif kind == "human_parts":
-                anno = load_mat(path, sid, "anno")
-                part_index_entry(anno, path, sid)
-                parts = human_parts_from_anno(anno, path, sid)
-                if parts is not None:
-                    add(_size_problem(rel, path, sid, parts.shape, image_hw))
-        except DatasetError as err:
-            out.append(Problem("error", "unreadable", rel, _why(err)))
+    if kind == "semseg":
+        lab = read_single_channel(path, sid)
+        return [_size_problem(rel, path, sid, lab.shape[:2], image_hw),
+                _values_problem(rel, lab, PASCAL_SEMSEG_CLASSES - 1, extra=(255,))]
+    if kind in ("sal", "normals"):
+        lab = (read_single_channel if kind == "sal" else read_rgb_png)(path, sid)
+        return [_size_problem(rel, path, sid, lab.shape[:2], image_hw)]
+    if kind == "labelmap":
+        lab = np.asarray(load_mat(path, sid, "LabelMap"))
+        if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
+            return [Problem("error", "label shape", rel, f"LabelMap should be a 2-D integer array, "
+                                                         f"got {lab.dtype} {lab.shape}")]
+        return [_size_problem(rel, path, sid, lab.shape, image_hw),
+                _values_problem(rel, lab, PASCAL_CONTEXT_CLASSES, what="LabelMap ids")]
+    if kind == "human_parts":
+        anno = load_mat(path, sid, "anno")
+        part_index_entry(anno, path, sid)
+        parts = human_parts_from_anno(anno, path, sid)
+        return [] if parts is None else [_size_problem(rel, path, sid, parts.shape, image_hw)]
+    return []
 
 
-def _decode_nyud(root, sid, rels, image_hw, out):
+def _nyud_file(kind, path, rel, sid, image_hw) -> list:
+    """Problems of one NYUD-v2 label file."""
     from .common import load_npy, read_rgb_png, read_single_channel
 
-    def add(p):
-        if p is not None:
-            out.append(p)
-
-    for kind, rel in rels.items():
-        if rel is None or kind == "image":
-            continue
-        path = root / rel
-        try:
-            if kind == "semseg":
-                lab = read_single_channel(path, sid)
-                add(_size_problem(rel, path, sid, lab.shape[:2], image_hw))
-                add(_values_problem(rel, lab, NYUD_CLASSES))
-            elif kind == "depth":
-                depth = load_npy(path, sid)
-                if depth.ndim == 3 and depth.shape[2] == 1:
-                    depth = depth[:, :, 0]
-                if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
-                    out.append(Problem("error", "label shape", rel, f"depth should be a numeric H×W array, "
-                                                                    f"got {depth.dtype} {depth.shape}"))
-                    continue
-                add(_size_problem(rel, path, sid, depth.shape, image_hw))
-                if not np.isfinite(depth).all() or (depth < 0).any():
-                    out.append(Problem("error", "value range", rel, "depth has NaN/inf or negative values "
-                                                                    "(metres expected, 0 = invalid)"))
-            elif kind == "normals":
-                lab = read_rgb_png(path, sid)
-                add(_size_problem(rel, path, sid, lab.shape[:2], image_hw))
-            elif kind == "edge":
-                lab = read_single_channel(path, sid)
-                add(_size_problem(rel, path, sid, lab.shape[:2], image_hw))
-                odd = np.setdiff1d(np.unique(lab), [0, 255])
-                if odd.size:
-                    out.append(Problem("warning", "value range", rel, f"edge values {odd[:8].tolist()} besides "
-                                                                      f"0/255 (the reader divides by 255)"))
-        except DatasetError as err:
-            out.append(Problem("error", "unreadable", rel, _why(err)))
+    if kind == "semseg":
+        lab = read_single_channel(path, sid)
+        return [_size_problem(rel, path, sid, lab.shape[:2], image_hw), _values_problem(rel, lab, NYUD_CLASSES)]
+    if kind == "depth":
+        depth = load_npy(path, sid)
+        if depth.ndim == 3 and depth.shape[2] == 1:
+            depth = depth[:, :, 0]
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+            return [Problem("error", "label shape", rel, f"depth should be a numeric H×W array, "
+                                                         f"got {depth.dtype} {depth.shape}")]
+        out = [_size_problem(rel, path, sid, depth.shape, image_hw)]
+        if not np.isfinite(depth).all() or (depth < 0).any():
+            out.append(Problem("error", "value range", rel, "depth has NaN/inf or negative values "
+                                                            "(metres expected, 0 = invalid)"))
+        return out
+    if kind == "normals":
+        return [_size_problem(rel, path, sid, read_rgb_png(path, sid).shape[:2], image_hw)]
+    if kind == "edge":
+        lab = read_single_channel(path, sid)
+        out = [_size_problem(rel, path, sid, lab.shape[:2], image_hw)]
+        odd = np.setdiff1d(np.unique(lab), [0, 255])
+        if odd.size:
+            out.append(Problem("warning", "value range", rel, f"edge values {odd[:8].tolist()} besides "
+                                                              f"0/255 (the reader divides by 255)"))
+        return out
+    return []
 
 
 def check_sample(job) -> list:
@@ -308,7 +296,7 @@ def check_sample(job) -> list:
         except DatasetError as err:
             out.append(Problem("error", "unreadable", rels["image"], _why(err)))
     try:  # labels are decoded even without a readable image (their sizes are then not compared)
-        (_decode_pascal if db_name == "PASCALContext" else _decode_nyud)(root, sid, rels, image_hw, out)
+        _decode_files(root, sid, rels, image_hw, out, _pascal_file if db_name == "PASCALContext" else _nyud_file)
     except Exception as err:  # noqa: BLE001 - a worker must report, never die on one odd file
         out.append(Problem("error", "unreadable", sid, f"{type(err).__name__}: {err}"))
     return out
