@@ -243,15 +243,20 @@ def _fake_slurm(folder: Path) -> Path:
     return folder
 
 
+def _slurm_env(tmp_path: Path, job: str) -> dict:
+    """The environment of a one-node, two-GPU SLURM job `job` whose scontrol/srun/scancel are stand-ins."""
+    fake = _fake_slurm(tmp_path / "bin")
+    return _env(PATH=f"{fake}{os.pathsep}{os.environ.get('PATH', '')}", FAKE_SLURM_DIR=str(tmp_path),
+                SLURM_JOB_ID=job, SLURM_JOB_NODELIST="node01", SLURM_JOB_NUM_NODES="1", SLURM_SUBMIT_DIR=str(ROOT),
+                GPUS_PER_NODE="2", MASTER_PORT=str(_free_port()), CONFIG=CONFIG, PYTHON=sys.executable,
+                SHUTDOWN_TIMEOUT="120")
+
+
 @pytest.mark.skipif(shutil.which("pgrep") is None or shutil.which("bash") is None, reason="needs bash and pgrep")
 def test_slurm_script_stops_on_time_limit_signal_requeues_and_resumes(tiny_data, one_node, tmp_path):
     out = tmp_path / "run"
-    fake = _fake_slurm(tmp_path / "bin")
     job = "4242"
-    env = _env(PATH=f"{fake}{os.pathsep}{os.environ.get('PATH', '')}", FAKE_SLURM_DIR=str(tmp_path),
-               SLURM_JOB_ID=job, SLURM_JOB_NODELIST="node01", SLURM_JOB_NUM_NODES="1", SLURM_SUBMIT_DIR=str(ROOT),
-               GPUS_PER_NODE="2", MASTER_PORT=str(_free_port()), CONFIG=CONFIG, PYTHON=sys.executable,
-               SHUTDOWN_TIMEOUT="120")
+    env = _slurm_env(tmp_path, job)
     cmd = ["bash", str(ROOT / "scripts" / "slurm_train.sh"), *_run_args(tiny_data, out)]
     log = tmp_path / "job1.log"
     proc = _start(cmd, log, env)
@@ -288,11 +293,7 @@ def test_slurm_preemption_sigterm_saves_the_current_iteration(tiny_data, tmp_pat
     """Pre-emption (or scancel): SLURM sends SIGTERM to every process of the job, the batch script and
     each process of the step alike. Training stops after its current iteration with last.pth saved."""
     out = tmp_path / "run"
-    fake = _fake_slurm(tmp_path / "bin")
-    env = _env(PATH=f"{fake}{os.pathsep}{os.environ.get('PATH', '')}", FAKE_SLURM_DIR=str(tmp_path),
-               SLURM_JOB_ID="4243", SLURM_JOB_NODELIST="node01", SLURM_JOB_NUM_NODES="1",
-               SLURM_SUBMIT_DIR=str(ROOT), GPUS_PER_NODE="2", MASTER_PORT=str(_free_port()), CONFIG=CONFIG,
-               PYTHON=sys.executable, SHUTDOWN_TIMEOUT="120")
+    env = _slurm_env(tmp_path, "4243")
     log = tmp_path / "job.log"
     proc = _start(["bash", str(ROOT / "scripts" / "slurm_train.sh"), *_run_args(tiny_data, out)], log, env)
     try:
