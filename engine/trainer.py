@@ -553,7 +553,6 @@ class Trainer:
                 raise EvaluationInterrupted(stop.requested)
             payload = self.validate(final=last)
         except EvaluationInterrupted as sig:
-            stop.interruptible = False
             last_path = ckpt_lib.last_checkpoint(self.output_dir)
             self.log.warning(f"evaluation at iteration {self.iteration} interrupted; it runs again on resume")
             raise TrainingStopped(self.iteration, self.max_iter, sig.signum, last_path) from None
@@ -606,7 +605,6 @@ class Trainer:
             self.tb = None
         self.train_model = None
         self.val_loader = None
-
 
 
 def _jsonl_iteration(line: str) -> float:
