@@ -256,6 +256,8 @@ class Trainer:
         here, before the forward (whose DDP collectives would otherwise wait for the failed rank forever),
         the model's buffers are restored to the last completed iteration, and SampleReadError is raised on
         every rank with the failing ranks' messages (rank 0 reports it once)."""
+        if self.data_errors == "skip":  # the stream leaves unreadable samples out: nothing to agree on
+            return next(stream)
         batch, message = None, None
         try:
             batch = next(stream)
