@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="image file, folder of images, or split:val")
     p.add_argument("--output", default=None, help="output folder (default <output_dir>/inference)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--samples", type=int, default=None,
+                   help="ensemble members N per image (default: the config's eval_samples, 1); N > 1 also "
+                        "writes per-pixel uncertainty maps (docs/method.md#sample-ensembles)")
     return add_model_args(p)
 
 
@@ -76,6 +79,9 @@ def check_counts(args) -> None:
     if args.workers < 0:
         raise InferenceError(f"argument --workers {args.workers}: must be 0 or more; pass --workers 0 to "
                              f"read images in the main process")
+    if args.samples is not None and args.samples < 1:
+        raise InferenceError(f"argument --samples {args.samples}: must be 1 or more; pass 1 for a single "
+                             f"prediction or N > 1 for an ensemble with uncertainty maps")
     if args.batch_size is not None and args.batch_size < 1:
         raise InferenceError(f"argument --batch_size {args.batch_size}: must be 1 or more; pass a positive "
                              f"number or leave it out for the config's valBatch")
@@ -134,6 +140,7 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
 
     from engine.inference import GuardWrites, input_label
     from engine.predict import run_predictions
+    from engine.evaluator import ensemble_options
     from engine.sinks import PredictionPNGSink, VisualGridSink
     from utils.precision import bf16_autocast
     from utils.logger import Progress, get_logger
@@ -154,7 +161,7 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
     run = run_predictions(model, loader, ([metrics] if metrics is not None else []) + sinks, tasks=infos,
                           device=device, seed=seed, amp=bf16_autocast(cfg, device), data_errors="skip",
                           progress=Progress(len(ds), desc="infer", every=max(1, len(ds) // 10)),
-                          on_unreadable=log_unreadable)
+                          on_unreadable=log_unreadable, **ensemble_options(cfg, args.samples))
     log.info(f"wrote predictions of {run.count} image(s) in {time.perf_counter() - t0:.1f}s: "
              f"{', '.join(os.path.join(out_dir, t) for t in infos)}, overviews in {overview}")
     return run

@@ -29,6 +29,26 @@ HUMAN_PARTS_CLASSES = ("background", "head", "torso", "uarm", "larm", "uleg", "l
 SAL_CLASSES = ("background", "salient")
 DEPTH_MIN, DEPTH_MAX = 0.0, 80.0
 
+# Ensembles (docs/method.md#sample-ensembles), by sample rule: the aggregation rules a task of that rule
+# accepts (the first is its default) and the uncertainty maps it gets, (name, unit), the first being the
+# one the pictures show first and the evaluation scores. The maths is in evaluation/ensemble.py.
+ENSEMBLE_RULES = {
+    "argmax": ("mean_prob", "vote"),
+    "threshold": ("mean_prob", "vote"),
+    "sigmoid": ("mean_prob",),
+    "clamp": ("mean", "median"),
+    "identity": ("mean", "median"),
+    "l2": ("mean_direction",),
+}
+UNCERTAINTY_MAPS = {
+    "argmax": (("entropy", "nats"), ("mutual_info", "nats")),
+    "threshold": (("entropy", "nats"), ("mutual_info", "nats")),
+    "sigmoid": (("entropy", "nats"),),
+    "clamp": (("std", "value units (metres for depth)"),),
+    "identity": (("std", "value units"),),
+    "l2": (("angular_dev", "degrees"),),
+}
+
 
 def resolve(ref):
     """A component given as a callable, or as a "package.module:attr.attr" reference, imported on use.
@@ -77,6 +97,13 @@ class Task:
       postprocess: fn(raw B×K×H×W) -> the meter's input (labels, scores).
       metric / higher_is_better: the headline metric for Delta_m and best-checkpoint selection.
     Output (methods, overridable by subclasses): to_numpy, target_to_numpy, picture, write.
+    Ensembles (eval_samples N > 1, docs/method.md#sample-ensembles):
+      aggregation: how the N draws become one prediction: a rule name of `aggregation_rules` (None: the
+        first, the default of the task's sample rule) or a callable / "module:attr" reference
+        fn(draws N×B×K×H×W) -> B×K×H×W raw output; the config's eval_aggregation overrides it per task.
+      uncertainty: the per-pixel uncertainty maps, (name, unit) pairs (None: those of the sample rule,
+        UNCERTAINTY_MAPS); a task with another sample rule declares its own and a callable
+        `uncertainty_fn` fn(draws) -> {name: B×H×W}.
     """
 
     name: str
@@ -98,10 +125,41 @@ class Task:
     loss_config: tuple = ()
     meter: Any = "evaluation.segmentation:SegmentationMeter.for_task"
     postprocess: Any = "evaluation.postprocess:segmentation_labels"
+    aggregation: Any = None
+    uncertainty: tuple | None = None
+    uncertainty_fn: Any = None
 
     @property
     def is_discrete(self) -> bool:
         return self.kind == "discrete"
+
+    # ---- ensembles: aggregation and uncertainty, declared by the sample rule (evaluation/ensemble.py) ----
+    @property
+    def aggregation_rules(self) -> tuple:
+        """The rule names this task accepts for aggregating N draws (the first is the default)."""
+        return ENSEMBLE_RULES.get(self.sample_rule[0], ())
+
+    def aggregation_for(self, override=None):
+        """The aggregation to use: `override` (the config's eval_aggregation entry), else the declared one,
+        else the sample rule's default; a rule name is checked against aggregation_rules."""
+        rule = override if override is not None else self.aggregation
+        if rule is None:
+            if not self.aggregation_rules:
+                raise ValueError(f"task {self.name}: no default ensemble aggregation for sample rule "
+                                 f"{self.sample_rule!r}; declare Task(aggregation=fn) (fn(draws N×B×K×H×W) -> "
+                                 f"B×K×H×W)")
+            return self.aggregation_rules[0]
+        if isinstance(rule, str) and ":" not in rule and rule not in self.aggregation_rules:
+            raise ValueError(f"task {self.name}: unknown ensemble aggregation {rule!r}; it accepts "
+                             f"{', '.join(self.aggregation_rules) or 'a callable only'}")
+        return rule
+
+    @property
+    def uncertainty_maps(self) -> tuple:
+        """(name, unit) of each per-pixel uncertainty map of an ensemble; the first is the headline one."""
+        if self.uncertainty is not None:
+            return tuple(tuple(u) for u in self.uncertainty)
+        return UNCERTAINTY_MAPS.get(self.sample_rule[0], ())
 
     @property
     def padding(self) -> float:

@@ -29,7 +29,7 @@ from utils.distributed import all_reduce_sum, get_rank, is_main_process
 from utils.io import atomic_write
 from utils.logger import LOGGER_NAME, interactive
 
-__all__ = ["EvalOutput", "evaluate", "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m",
+__all__ = ["EvalOutput", "evaluate", "ensemble_options", "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m",
            "metrics_path", "to_plain"]
 
 
@@ -80,12 +80,23 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
     run = run_predictions(model, loader, sinks, tasks=_infos(cfg), device=device,
                           seed=int(cfg_get(cfg, "seed", 0)) if seed is None else int(seed),
                           amp=bf16_autocast(cfg, device) if amp is None else bool(amp), data_errors=policy,
-                          progress=_shard_bar(loader, desc) if show else None)
+                          progress=_shard_bar(loader, desc) if show else None, **ensemble_options(cfg))
     if run.failed and is_main_process():
         logging.getLogger(LOGGER_NAME).warning(f"{desc}: left out {describe_failures(run.failed)} (data_errors: skip)")
     results = metrics.compute()
     n = all_reduce_sum(torch.tensor([run.count], dtype=torch.int64)).item()
     return EvalOutput(results=to_plain(results), num_images=int(n), visuals=grids.grids, skipped=run.failed)
+
+
+def ensemble_options(cfg, samples: int | None = None) -> dict:
+    """run_predictions' ensemble arguments from a config (eval_samples, samples_chunk, eval_aggregation);
+    samples: a command line's --samples, overriding eval_samples."""
+    n = int(cfg_get(cfg, "eval_samples", 1) if samples is None else samples)
+    if n < 1:
+        raise ValueError(f"samples must be 1 or more, got {n}")
+    chunk = cfg_get(cfg, "samples_chunk", None)
+    return {"samples": n, "samples_chunk": None if chunk is None else int(chunk),
+            "aggregation": dict(cfg_get(cfg, "eval_aggregation", None) or {})}
 
 
 def to_plain(v):

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from data.sample_errors import ERRORS_KEY, SampleReadError
+from evaluation import ensemble
 from evaluation.postprocess import crop_to_original
 from utils import visualization as vis
 from utils.checkpoint import unwrap_model
 from utils.distributed import all_gather_object
 
-__all__ = ["predict_batch", "restore", "PredictedBatch", "PredictionRun", "run_predictions", "EVAL_ADVICE"]
+__all__ = ["predict_batch", "predict_ensemble", "restore", "PredictedBatch", "PredictionRun", "run_predictions", "EVAL_ADVICE"]
 
 # What an 'abort' error tells the user to do, unless the caller says otherwise.
 EVAL_ADVICE = ("fix or remove the file, or set data_errors: skip to leave unreadable samples out of the "
@@ -46,6 +47,37 @@ def predict_batch(model, images: torch.Tensor, names, seed: int, amp: bool = Fal
     return {t: v.float() for t, v in out["pred"].items()}
 
 
+@torch.no_grad()
+def predict_ensemble(model, images: torch.Tensor, names, seed: int, tasks: dict, samples: int,
+                     samples_chunk: int | None = None, aggregation: dict | None = None,
+                     amp: bool = False) -> tuple:
+    """(pred, uncertainty) of `samples` = N > 1 draws per image (docs/method.md#sample-ensembles).
+
+    pred: {task: B×K×H×W float32}, the N draws aggregated by each task's rule (Task.aggregation_for, the
+    config's `aggregation` {task: rule} first); uncertainty: {task: {map name: B×H×W float32}}
+    (Task.uncertainty_maps). The backbone runs once per image, the decoder on the N noisy maps,
+    `samples_chunk` members at a time; member n of an image starts from the noise of (seed, image name, n)
+    (`noise_source` of models/taskdiffusion.py), so nothing depends on the batch, the chunks or the ranks.
+    Aggregation runs image by image (its N×K×H×W probabilities are the memory peak after the decoder)."""
+    base = unwrap_model(model)
+    source = base.noise_source(images, names, seed, samples)
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bool(amp)):
+        out = model(images, noise=source, samples=int(samples), samples_chunk=samples_chunk)
+    draws = out["draws"]
+    aggregation = aggregation or {}
+    pred, unc = {}, {}
+    for t, d in draws.items():
+        task = tasks[t]
+        agg, maps = [], []
+        for j in range(d.shape[1]):
+            dj = d[:, j:j + 1].float()  # n 1 K H W
+            agg.append(ensemble.aggregate(task, dj, aggregation.get(t)))
+            maps.append(ensemble.uncertainty(task, dj))
+        pred[t] = torch.cat(agg)
+        unc[t] = {k: torch.cat([m[k] for m in maps]) for k in maps[0]}
+    return pred, unc
+
+
 def restore(x: torch.Tensor, img_size, orig_size=None) -> torch.Tensor:
     """K×H×W padded map -> K×H0×W0 at the original image size: the centred padding cropped off, and a
     shrink of an oversized input (infer.py's ImageFolder, meta 'orig_size') undone bilinearly."""
@@ -63,8 +95,9 @@ class PredictedBatch:
     sinks that need the same maps (PNG files and overview pictures) share the work.
     """
 
-    def __init__(self, batch: dict, pred: dict, tasks: dict):
+    def __init__(self, batch: dict, pred: dict, tasks: dict, uncertainty: dict | None = None):
         self.batch, self.pred, self.tasks = batch, pred, tasks
+        self.uncertainty = uncertainty or {}  # {task: {map name: B×H×W}}; empty for single-sample prediction
         meta = batch["meta"]
         self.names = [str(n) for n in meta["img_name"]]
         self.sizes = list(meta["img_size"])
@@ -80,6 +113,14 @@ class PredictedBatch:
             self._maps[j] = {t: task.to_numpy(restore(self.pred[t][j], self.sizes[j], self.orig_sizes[j]))
                              for t, task in self.tasks.items() if t in self.pred}
         return self._maps[j]
+
+    def uncertainty_maps(self, j: int) -> dict:
+        """{task: {map name: H0×W0 float32 numpy}} of image j at its original size ({} without an ensemble)."""
+        key = ("unc", j)
+        if key not in self._maps:
+            self._maps[key] = {t: {k: restore(v[j][None].float(), self.sizes[j], self.orig_sizes[j])[0].cpu().numpy()
+                                   for k, v in maps.items()} for t, maps in self.uncertainty.items()}
+        return self._maps[key]
 
     def image(self, j: int):
         """Image j as RGB uint8 H0×W0×3."""
@@ -123,7 +164,8 @@ def unreadable_error(failed: list, advice: str = EVAL_ADVICE) -> SampleReadError
 @torch.no_grad()
 def run_predictions(model, loader, sinks, *, tasks: dict, device, seed: int, amp: bool = False,
                     data_errors: str = "abort", progress=None, on_unreadable=None,
-                    advice: str = EVAL_ADVICE) -> PredictionRun:
+                    advice: str = EVAL_ADVICE, samples: int = 1, samples_chunk: int | None = None,
+                    aggregation: dict | None = None) -> PredictionRun:
     """Predict every readable sample of `loader` (this rank's shard) and hand each batch to every sink.
 
     sinks: objects with `add(PredictedBatch)`, called in order, each image exactly once.
@@ -131,9 +173,16 @@ def run_predictions(model, loader, sinks, *, tasks: dict, device, seed: int, amp
     amp: bf16 autocast. data_errors: 'abort' or 'skip' (see the module docstring; 'abort' raises
     SampleReadError with `advice`). progress: object with update(samples) and close() (closed here).
     on_unreadable: called with each batch's FailedSample records as they arrive.
+    samples: ensemble members N per image (> 1: predict_ensemble, aggregated predictions plus uncertainty
+    maps in each PredictedBatch; a model that samples nothing, the baseline, predicts once);
+    samples_chunk, aggregation: see predict_ensemble.
     A collective when distributed (the failures are gathered): every rank must call it.
     """
     base = unwrap_model(model)
+    samples = int(samples)
+    if samples > 1 and not getattr(base, "draws_samples", False):
+        samples = 1  # deterministic model: its N draws would be one prediction
+
     was_training = base.training
     base.eval()
     run = PredictionRun()
@@ -148,7 +197,12 @@ def run_predictions(model, loader, sinks, *, tasks: dict, device, seed: int, amp
             names = list(batch["meta"]["img_name"]) if "image" in batch else []
             if names:
                 batch = _to_device(batch, tasks, device)
-                done = PredictedBatch(batch, predict_batch(base, batch["image"], names, seed, amp=amp), tasks)
+                if samples > 1:
+                    pred, unc = predict_ensemble(base, batch["image"], names, seed, tasks, samples,
+                                                 samples_chunk, aggregation, amp=amp)
+                    done = PredictedBatch(batch, pred, tasks, unc)
+                else:
+                    done = PredictedBatch(batch, predict_batch(base, batch["image"], names, seed, amp=amp), tasks)
                 for sink in sinks:
                     sink.add(done)
                 run.count += len(names)

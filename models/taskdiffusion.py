@@ -334,52 +334,108 @@ class TaskDiffusionHead(nn.Module):
 
     # --------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, features: torch.Tensor, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, return_intermediates: bool = False,
+    def sample(self, features: torch.Tensor, noise=None, generator: torch.Generator | None = None,
+               return_intermediates: bool = False, samples: int = 1, samples_chunk: int | None = None,
                **hook_kwargs) -> dict:
-        """DDIM sampling (docs/method.md#ddim-sampling). Returns {'pred': {task: B×K×4h×4w}} (averaged over randsteps).
+        """DDIM sampling (docs/method.md#ddim-sampling, #sample-ensembles).
 
-        noise: the initial noisy map, (randsteps·B)×M×h×w; drawn with one torch.randn otherwise.
+        Returns {'pred': {task: B×K×4h×4w}}: the logits averaged over every trajectory (randsteps R and,
+        when samples > 1, the N members), and with samples = N > 1 also {'draws': {task: N×B×K×4h×4w}},
+        member n being the R-trajectory logit average of the original's `randsteps` (R = 1: one draw).
+
+        The backbone features and the clean task features are used once per image: the backbone half of
+        the noisy-input fusion and the clean per-task features are computed at batch B and repeated to the
+        trajectories, so only the N·R noisy maps run through the time-conditioned decoder, `samples_chunk`
+        members (×R×B trajectories) at a time (None: all at once) so memory stays bounded.
+
+        noise: the initial noisy maps, (N·R·B)×M×h×w in (n r b) layout, or a callable
+        `(start, stop) -> ((stop-start)·R·B)×M×h×w` giving members start..stop-1 (TaskDiffusion.noise_source;
+        chunk by chunk, so the noise is never all in memory); drawn with one torch.randn otherwise.
         The final DDIM update of the original is skipped: its result is never used.
         """
         b, _, h, w = features.shape
-        r = self.randsteps
-        feats = features.repeat(r, 1, 1, 1) if r > 1 else features  # (r b) (L c) h w
-        levels = self.split_levels(feats)
-        shape = (r * b, self.noisy_channels, h, w)
-        z = draw_sample_noise(shape, features.device, generator) if noise is None else \
-            check_noise(noise, shape, "sample").to(features.device)
-        pairs = ddim_time_pairs(self.timesteps, self.time_difference)
-        clean, mask_t, logits, logits_hw = None, [], {}, []
-        # the backbone half of the noisy-input fusion is the same on every step: computed once
+        r, n = self.randsteps, int(samples)
+        if n < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        chunk = n if not samples_chunk else max(1, min(n, int(samples_chunk)))
+        shape = (n * r * b, self.noisy_channels, h, w)
+        if noise is None:  # drawn before anything else, as the original (the RNG order stays its own)
+            noise = draw_sample_noise(shape, features.device, generator)
+        if torch.is_tensor(noise):
+            full = check_noise(noise, shape, "sample").to(features.device)
+            per = r * b
+            noise_fn = lambda lo, hi: full[lo * per:hi * per]  # noqa: E731
+        else:
+            noise_fn = noise
+        levels = self.split_levels(features)  # L × (b c h w), once per image
+        # the backbone half of the noisy-input fusion and the clean task features: once per image
         feature_part = self.transforms.feature_part(levels) if self.fast_path else None
+        clean, _ = self.clean_task_features(levels, generator=generator, **hook_kwargs)
         film = self.film_params()
+        members, inter = [], {"mask_t": [], "logits_hw": []}
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            z = check_noise(noise_fn(lo, hi), ((hi - lo) * r * b, self.noisy_channels, h, w), "sample")
+            logits, mask_t, logits_hw = self.denoise(levels, feature_part, clean, z.to(features.device),
+                                                     (hi - lo) * r, film)
+            # (k r b) K H W -> k b K H W: each member the average of its R trajectories (randsteps)
+            members.append({t: v.view(hi - lo, r, b, *v.shape[1:]).mean(dim=1) if r > 1 else
+                            v.view(hi - lo, b, *v.shape[1:]) for t, v in logits.items()})
+            inter["mask_t"].append(mask_t)
+            inter["logits_hw"] = logits_hw
+        draws = members[0] if len(members) == 1 else \
+            {t: torch.cat([m[t] for m in members], dim=0) for t in members[0]}  # n b K H W
+        out = {"pred": {t: v[0] if n == 1 else v.mean(dim=0) for t, v in draws.items()}}
+        if n > 1:
+            out["draws"] = draws
+        if return_intermediates:
+            steps = inter["mask_t"][0] if len(inter["mask_t"]) == 1 else \
+                [torch.cat(zs, dim=0) for zs in zip(*inter["mask_t"])]
+            out["intermediates"] = {"mask_t": steps, "noise": steps[0], "logits_hw": inter["logits_hw"]}
+        return out
+
+    @staticmethod
+    def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
+        """b ... -> (k b) ...: a once-per-image tensor for k trajectories (a copy, no compute)."""
+        return x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
+
+    def denoise(self, levels: Sequence[torch.Tensor], feature_part, clean: Sequence[dict], z: torch.Tensor,
+                k: int, film: FilmParams | None = None) -> tuple:
+        """The DDIM loop for k trajectories per image: z (k b)×M×h×w starting noise; levels, feature_part,
+        clean at batch b (repeated here). Returns (logits {task: (k b)×K×4h×4w}, noisy maps per step,
+        logit sizes per step)."""
+        dev = z.device
+        nb = z.shape[0]
+        if self.fast_path:
+            feature_part = [self._repeat(f, k) for f in feature_part]
+        else:  # the reference path concatenates the backbone levels with z on every step
+            levels = [self._repeat(x, k) for x in levels]
+        clean = [{t: self._repeat(v, k) for t, v in p.items()} for p in clean]
+        pairs = ddim_time_pairs(self.timesteps, self.time_difference)
+        mask_t, logits, logits_hw = [], {}, []
         for s, (t_now, t_next) in enumerate(pairs):
             last = s == len(pairs) - 1
             mask_t.append(z)
-            lam = logsnr_cosine(torch.full((r * b,), t_now, device=features.device))
+            lam = logsnr_cosine(torch.full((nb,), t_now, device=dev))
             temb = self.time_mlp(lam)
             fused = self.fuse_noisy(levels, z, feature_part)
-            if clean is None:  # clean task features depend on the backbone only: computed once
-                clean, _ = self.clean_task_features(levels, generator=generator, **hook_kwargs)
             logits = self.decode(fused, temb, clean, upsample=last, film=film)
             logits_hw.append(tuple(next(iter(logits.values())).shape[-2:]))
             if last:
                 break
-            x0 = self.encode_predictions(logits)
-            lam_next = logsnr_cosine(torch.full((r * b,), t_next, device=features.device))
-            z = ddim_step(z, x0, lam, lam_next)
+            z = self.ddim_update(z, logits, lam, logsnr_cosine(torch.full((nb,), t_next, device=dev)))
         if self.clamp_returned_depth:
             # the original clamps in place while re-encoding, so its returned logits are clamped
             for t, rule in self.sample_rules.items():
                 if rule[0] == "clamp":
                     logits[t] = self.prediction_labels(t, logits[t])
-        if r > 1:  # average the repeats' logits: (r b) k H W -> b k H W
-            logits = {t: v.view(r, b, *v.shape[1:]).mean(dim=0) for t, v in logits.items()}
-        out = {"pred": logits}
-        if return_intermediates:
-            out["intermediates"] = {"mask_t": mask_t, "noise": mask_t[0], "logits_hw": logits_hw}
-        return out
+        return logits, mask_t, logits_hw
+
+    def ddim_update(self, z: torch.Tensor, logits: Mapping[str, torch.Tensor], lam: torch.Tensor,
+                    lam_next: torch.Tensor) -> torch.Tensor:
+        """One DDIM step (docs/method.md#ddim-sampling 4-5): the predictions re-embedded as bits x̂0, then
+        z_next = a'·x̂0 + s'·(z - a·x̂0)/s."""
+        return ddim_step(z, self.encode_predictions(logits), lam, lam_next)
 
     def forward(self, features: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None, **kwargs):
         if targets is not None:
@@ -390,6 +446,8 @@ class TaskDiffusionHead(nn.Module):
 class BackboneHeadModel(nn.Module):
     """Backbone + multi-task head, the layout every model here shares (and the original's state-dict
     prefixes `backbone.` / `heads.`); subclasses define forward."""
+
+    draws_samples = False  # a deterministic model: N samples of it would be one prediction
 
     def __init__(self, backbone: nn.Module, heads: nn.Module):
         super().__init__()
@@ -404,8 +462,13 @@ class BackboneHeadModel(nn.Module):
         """images B×3×H×W -> backbone features B×(L·C)×H/s×W/s (s: the backbone's decoder_stride)."""
         return self.backbone(images)
 
-    def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int) -> torch.Tensor | None:
+    def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int, samples: int = 1) -> torch.Tensor | None:
         """The starting noise of sampling for a batch, or None: a model without diffusion draws none."""
+        return None
+
+    def noise_source(self, images: torch.Tensor, names: Sequence[str], seed: int, samples: int = 1):
+        """The chunk-by-chunk form of initial_noise, or None: a model without diffusion samples nothing
+        (its N draws would all be the same prediction)."""
         return None
 
     @staticmethod
@@ -420,31 +483,50 @@ class BackboneHeadModel(nn.Module):
 class TaskDiffusion(BackboneHeadModel):
     """Backbone + diffusion head; outputs resized to the input size (bilinear, align_corners=False)."""
 
-    def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int) -> torch.Tensor:
-        """The DDIM starting noise for the padded batch `images` (B×3×H×W): (randsteps·B)×M×H/s×W/s
-        float32 on the images' device, the slices of image j drawn from its own seed
-        `utils.seed.name_seed(seed, names[j])` (s: the backbone's decoder stride, read from its declared
+    draws_samples = True  # sampling is stochastic: N members per image make an ensemble (engine/predict.py)
+
+    def initial_noise(self, images: torch.Tensor, names: Sequence[str], seed: int, samples: int = 1) -> torch.Tensor:
+        """The DDIM starting noise for the padded batch `images` (B×3×H×W): (N·randsteps·B)×M×H/s×W/s
+        float32 on the images' device in (n r b) layout (N = samples), member n of image j drawn from its
+        own seed `member_seed(seed, names[j], n)` (s: the backbone's decoder stride, read from its declared
         interface, models/backbones.py; M: the noisy-map width).
 
-        Why per image: noise drawn per batch would make predictions and metrics depend on the batch
-        size and on how images are split over ranks; this way an image always starts from the same
-        noise for a seed. Why here: only the model knows its noise shape, so callers never read the
-        head's or the backbone's sizes. Layout (r b): the repeats are the outer index, as `sample` reads.
+        Why per image and member: noise drawn per batch would make predictions and metrics depend on the
+        batch size, on how images are split over ranks and on how the members are chunked; this way an
+        image's member n always starts from the same noise for a seed. Member 0 is seeded as before the
+        ensembles existed, so N = 1 gives the earlier predictions bit for bit. Why here: only the model
+        knows its noise shape, so callers never read the head's or the backbone's sizes.
         """
+        return self.noise_source(images, names, seed, samples)(0, int(samples))
+
+    def noise_source(self, images: torch.Tensor, names: Sequence[str], seed: int, samples: int = 1):
+        """A callable (start, stop) -> the initial_noise of members start..stop-1 (((stop-start)·R·B)×M×h×w),
+        for chunked sampling (`TaskDiffusionHead.sample` calls it chunk by chunk): the same numbers as
+        initial_noise's slice, drawn only when needed."""
         r, m = int(self.heads.randsteps), int(self.heads.noisy_channels)
         b = images.shape[0]
         h, w = decoder_grid(self.backbone, images.shape[-2:])
-        z = torch.empty((r, b, m, h, w), dtype=torch.float32)
-        for j, name in enumerate(names):
-            g = torch.Generator()
-            g.manual_seed(name_seed(seed, name))
-            z[:, j] = torch.randn((r, m, h, w), generator=g)
-        return z.reshape(r * b, m, h, w).to(images.device)
+        names = [str(n) for n in names]
+        if len(names) != b:
+            raise ValueError(f"initial_noise: {len(names)} names for a batch of {b} images")
+
+        def draw(start: int, stop: int) -> torch.Tensor:
+            z = torch.empty((stop - start, r, b, m, h, w), dtype=torch.float32)
+            for k in range(start, stop):
+                for j, name in enumerate(names):
+                    g = torch.Generator()
+                    g.manual_seed(member_seed(seed, name, k))
+                    z[k - start, :, j] = torch.randn((r, m, h, w), generator=g)
+            return z.reshape((stop - start) * r * b, m, h, w).to(images.device)
+
+        return draw
 
     def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
-                noise: torch.Tensor | None = None, times: torch.Tensor | None = None,
+                noise=None, times: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_intermediates: bool = False,
-                **head_kwargs) -> dict:
+                samples: int = 1, samples_chunk: int | None = None, **head_kwargs) -> dict:
+        """Training forward with targets; else DDIM sampling of `samples` members per image (the backbone
+        runs once per image whatever `samples` is), 'draws' {task: N×B×K×H×W} added when samples > 1."""
         feats = self.forward_features(images)
         if targets is not None:
             out = self.heads.forward_train(feats, targets, times=times, noise=noise, generator=generator,
@@ -454,11 +536,21 @@ class TaskDiffusion(BackboneHeadModel):
                 raise ValueError("times apply to the training forward only (pass targets); sampling "
                                  "uses the fixed DDIM time pairs")
             out = self.heads.sample(feats, noise=noise, generator=generator,
-                                    return_intermediates=return_intermediates, **head_kwargs)
+                                    return_intermediates=return_intermediates, samples=samples,
+                                    samples_chunk=samples_chunk, **head_kwargs)
         self.resize_outputs(out, images.shape[-2:])
+        if "draws" in out:  # n b K h w -> n b K H W
+            out["draws"] = {t: upsample_bilinear(v.flatten(0, 1), images.shape[-2:]).view(*v.shape[:3], *images.shape[-2:])
+                            for t, v in out["draws"].items()}
         if return_intermediates:
             out["intermediates"]["backbone_feat"] = feats
         return out
+
+
+def member_seed(seed: int, name: str, member: int) -> int:
+    """The seed of ensemble member `member` of the image `name`: member 0 is `name_seed(seed, name)` (the seed
+    of single-sample prediction), member n > 0 that of the name tagged with n."""
+    return name_seed(seed, name) if member == 0 else name_seed(seed, f"{name}\x1fmember{int(member)}")
 
 
 # --------------------------------------------------------------------------------------------------

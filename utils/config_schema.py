@@ -280,6 +280,16 @@ SCHEMA: dict[str, Spec] = {
     "final_embed_dim": _int(REQUIRED, "decoder width C", ge=4),
     "timesteps": _int(3, "DDIM sampling steps", ge=1),
     "randsteps": _int(1, "parallel samples averaged at inference", ge=1),
+    "eval_samples": _int(1, "ensemble members N drawn per image at evaluation and inference (the backbone runs "
+                            "once per image); N > 1 aggregates them per task and adds per-pixel uncertainty "
+                            "maps and their evaluation (docs/method.md#sample-ensembles); 1: single-sample "
+                            "prediction, bit for bit as before", ge=1),
+    "samples_chunk": _int(None, "ensemble members run through the decoder at a time (bounds memory; null: all "
+                                "N at once); the numbers do not depend on it", ge=1, nullable=True),
+    "eval_aggregation": Spec("map", None, "per-task ensemble aggregation overriding the task's default "
+                                          "(discrete: mean_prob or vote; edge: mean_prob; depth: mean or median; "
+                                          "normals: mean_direction)", nullable=True, key_check="task",
+                             value=_str()),
     "bit_scales": _dict({"all": _float(0.01, "scale of the label bits", gt=0)}, "label-bit scale"),
     "module_layer": _int(3, "per-task refinement layers", ge=1),
     "with_aux": _bool(True, "auxiliary heads and loss"),
