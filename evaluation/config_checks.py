@@ -11,7 +11,7 @@ import data.config_checks  # noqa: F401  (registers the data check first: this o
 from data import tasks as task_table
 from utils.config import Checker, register_config_check
 
-__all__ = ["check_delta_m_reference"]
+__all__ = ["check_delta_m_reference", "check_eval_aggregation"]
 
 
 def check_delta_m_reference(cfg: dict, raw: dict, chk: Checker) -> None:
@@ -28,3 +28,20 @@ def check_delta_m_reference(cfg: dict, raw: dict, chk: Checker) -> None:
 
 
 register_config_check(check_delta_m_reference, "evaluation")
+
+
+def check_eval_aggregation(cfg: dict, raw: dict, chk: Checker) -> None:
+    """eval_aggregation names, per enabled task, a rule that task accepts (Task.aggregation_rules)."""
+    rules = cfg.get("eval_aggregation") or {}
+    for t, rule in rules.items():
+        if t not in cfg["TASKS"]["NAMES"]:
+            chk.fail(f"eval_aggregation.{t}", f"task {t!r} is not enabled (enabled: "
+                                              f"{', '.join(cfg['TASKS']['NAMES'])}).", "Remove the entry.")
+            continue
+        task = task_table.task_info(cfg["db_name"], t)
+        if ":" not in str(rule) and rule not in task.aggregation_rules:
+            chk.fail(f"eval_aggregation.{t}", f"unknown aggregation {rule!r} for task {t!r}.",
+                     f"Use one of: {', '.join(task.aggregation_rules)} (or a 'module:function' reference).")
+
+
+register_config_check(check_eval_aggregation, "evaluation")
