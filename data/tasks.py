@@ -207,6 +207,45 @@ class Task:
             return [vis.save_png(path, vis.normals_to_rgb(value))]
         raise ValueError(f"task {self.name}: no writer for sample rule {self.sample_rule!r}; override Task.write")
 
+    def uncertainty_bound(self, map_name: str) -> float | None:
+        """The colour-scale maximum of an uncertainty map: ln K for the predictive entropy (ln 2 for sigmoid
+        tasks), a fixed scale comparable across images; None (each picture's own maximum) for the others,
+        whose values sit far below their theoretical bounds."""
+        if map_name != "entropy":
+            return None
+        import math
+
+        return math.log(2.0) if self.sample_rule[0] == "sigmoid" else math.log(max(2, int(self.num_outputs)))
+
+    def uncertainty_picture(self, map_name: str, values, with_bar: bool = True):
+        """An H×W uncertainty map -> RGB picture (inferno: dark certain, bright uncertain), with a colour bar
+        giving its range and unit underneath when with_bar."""
+        from utils import visualization as vis
+
+        lo, hi = vis.uncertainty_range(values, self.uncertainty_bound(map_name))
+        pic = vis.uncertainty_to_color(values, lo, hi)
+        unit = dict(self.uncertainty_maps).get(map_name, "")
+        return vis.with_colorbar(pic, lo, hi, unit.split(" ")[0]) if with_bar else pic
+
+    def write_uncertainty(self, folder: str, name: str, maps: dict) -> list:
+        """Write one image's uncertainty maps ({map name: H×W float at the original size}) under
+        folder/<task>_<map>/: <name>.npy (float32 H×W, the values in the map's unit, Task.uncertainty_maps)
+        and <name>.png (colour-mapped, a colour bar with the range and unit underneath); returns the paths."""
+        import os
+
+        from utils import visualization as vis
+
+        paths = []
+        for key, values in maps.items():
+            sub = os.path.join(folder, f"{self.name}_{key}")
+            paths.append(vis.save_float_array(os.path.join(sub, f"{name}.npy"), values))
+            paths.append(vis.save_png(os.path.join(sub, f"{name}.png"), self.uncertainty_picture(key, values)))
+        return paths
+
+    def uncertainty_folders(self) -> list:
+        """The folders `write_uncertainty` fills (ensembles only)."""
+        return [f"{self.name}_{key}" for key, _ in self.uncertainty_maps]
+
     def output_folders(self) -> list:
         """The folders `write` fills under the output folder."""
         return [self.name] + ([f"{self.name}_color"] if self.sample_rule[0] == "clamp" else [])

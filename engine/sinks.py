@@ -32,7 +32,8 @@ class MetricsSink:
 
 
 class PredictionPNGSink:
-    """Writes every image's predictions at its original size under folder/<task>/ (Task.write)."""
+    """Writes every image's predictions at its original size under folder/<task>/ (Task.write) and, for an
+    ensemble, its uncertainty maps under folder/<task>_<map>/ (Task.write_uncertainty)."""
 
     def __init__(self, folder: str):
         self.folder = folder
@@ -41,6 +42,8 @@ class PredictionPNGSink:
         for j, name in enumerate(done.names):
             for t, value in done.maps(j).items():
                 done.tasks[t].write(self.folder, name, value)
+            for t, maps in done.uncertainty_maps(j).items():  # ensembles: folder/<task>_<map>/ (.png, .npy)
+                done.tasks[t].write_uncertainty(self.folder, name, maps)
 
 
 class VisualGridSink:
@@ -59,7 +62,8 @@ class VisualGridSink:
             if self.limit is not None and self.seen >= self.limit:
                 return
             self.seen += 1
-            grid = overview_picture(done.tasks, done.image(j), done.maps(j), done.targets(j), self.max_side)
+            grid = overview_picture(done.tasks, done.image(j), done.maps(j), done.targets(j), self.max_side,
+                                    uncertainty=done.uncertainty_maps(j))
             if self.folder is None:
                 self.grids.append((name, grid))
             else:

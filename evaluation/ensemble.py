@@ -29,8 +29,6 @@ With N = 1 every map is 0 (a single draw has no spread).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -165,16 +163,3 @@ def uncertainty(task, draws: torch.Tensor) -> dict:
     if missing:
         raise ValueError(f"task {task.name}: uncertainty function gave {sorted(maps)}, the task declares {names}")
     return {n: maps[n].float() for n in names}
-
-
-def max_uncertainty(task, name: str) -> float:
-    """The largest value a map can take (None when unbounded): ln K for entropies and mutual information
-    (ln 2 for sigmoid tasks), 180 degrees for angular deviation; bounds the colour bars and the bins."""
-    rule = task.sample_rule[0]
-    if name in ("entropy", "mutual_info"):
-        return math.log(max(2, int(task.num_outputs))) if rule != "sigmoid" else math.log(2.0)
-    if name == "angular_dev":
-        return 180.0
-    if name == "std" and rule == "clamp":
-        return (float(task.sample_rule[2]) - float(task.sample_rule[1])) / 2
-    return None

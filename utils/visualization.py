@@ -19,7 +19,8 @@ from utils.io import atomic_write
 
 __all__ = ["voc_palette", "colorize_labels", "depth_to_color", "normals_to_rgb", "gray_to_rgb",
            "denormalize_image", "prediction_to_numpy", "target_to_numpy", "task_picture", "make_grid",
-           "add_caption", "save_png", "save_label_png", "save_depth_png16"]
+           "add_caption", "save_png", "save_label_png", "save_depth_png16", "uncertainty_range",
+           "uncertainty_to_color", "colorbar", "with_colorbar", "class_legend", "save_float_array"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -220,5 +221,99 @@ def save_depth_png16(path: str, depth_m: np.ndarray) -> str:
     def write(tmp):
         if not cv2.imwrite(tmp, mm):
             raise OSError(f"cannot write {path}")
+
+    return atomic_write(path, write)
+
+
+# ---- ensembles: uncertainty maps, colour bars, class legends (docs/method.md#sample-ensembles) ----------
+
+def _colormap(scaled: np.ndarray, cmap: str) -> np.ndarray:
+    """H×W values in [0, 1] -> RGB uint8 with an OpenCV colour map (turbo, jet, inferno, magma, viridis)."""
+    import cv2
+
+    codes = {"turbo": cv2.COLORMAP_TURBO, "jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO,
+             "magma": cv2.COLORMAP_MAGMA, "viridis": cv2.COLORMAP_VIRIDIS}
+    u8 = (np.clip(np.nan_to_num(scaled), 0, 1) * 255).astype(np.uint8)
+    return cv2.applyColorMap(u8, codes[cmap.lower()])[..., ::-1].copy()
+
+
+def uncertainty_range(values: np.ndarray, bound: float | None = None) -> tuple:
+    """(0, hi) of an uncertainty map's colour scale: the map's theoretical maximum `bound` when it has one
+    (entropy ln K, 180°: pictures comparable across images), else the map's own maximum."""
+    v = np.asarray(values, dtype=np.float32)
+    hi = float(bound) if bound is not None else float(np.nanmax(v)) if v.size else 1.0
+    return 0.0, hi if hi > 0 else 1.0
+
+
+def uncertainty_to_color(values: np.ndarray, vmin: float, vmax: float, cmap: str = "inferno") -> np.ndarray:
+    """H×W uncertainty -> RGB over [vmin, vmax] (dark: certain, bright: uncertain)."""
+    v = np.asarray(values, dtype=np.float32)
+    return _colormap((v - vmin) / max(vmax - vmin, 1e-12), cmap)
+
+
+def _fmt_tick(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def colorbar(width: int, vmin: float, vmax: float, label: str = "", cmap: str = "inferno",
+             height: int = 26) -> np.ndarray:
+    """A horizontal colour bar `width` pixels wide: the gradient over [vmin, vmax] and a strip with the two
+    end values and the label (unit) between them (height×width×3 RGB)."""
+    import cv2
+
+    width = max(int(width), 8)
+    bar_h = max(height // 2 - 2, 4)
+    grad = _colormap(np.tile(np.linspace(0, 1, width, dtype=np.float32), (bar_h, 1)), cmap)
+    text = np.full((height - bar_h, width, 3), 255, np.uint8)
+    scale = 0.3
+    size = lambda t: cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]  # noqa: E731
+    lo, hi = _fmt_tick(vmin), _fmt_tick(vmax)
+    if label and size(lo) + size(hi) + size(label) + 20 > width:  # no room in the middle: "hi unit", or no unit
+        hi, label = (f"{hi} {label}", "") if size(lo) + size(f"{hi} {label}") + 4 <= width else (hi, "")
+    y = text.shape[0] - 3
+    put = lambda t, x: cv2.putText(text, t, (max(int(x), 0), y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,  # noqa: E731
+                                   cv2.LINE_AA)
+    put(lo, 1)
+    put(hi, width - size(hi) - 1)
+    if label:
+        put(label, (width - size(label)) // 2)
+    return np.concatenate([grad, text], axis=0)
+
+
+def with_colorbar(picture: np.ndarray, vmin: float, vmax: float, label: str = "", cmap: str = "inferno") -> np.ndarray:
+    """A picture with its colour bar underneath (same width)."""
+    return np.concatenate([picture, colorbar(picture.shape[1], vmin, vmax, label, cmap)], axis=0)
+
+
+def class_legend(labels: np.ndarray, names, width: int, row_height: int = 11) -> np.ndarray | None:
+    """A legend of the classes present in a label map: palette swatch + class name, in columns that fit
+    `width`; None when no class is present. names: the task's class names (ids beyond them print as ids)."""
+    import cv2
+
+    ids = [int(i) for i in np.unique(np.asarray(labels)) if 0 <= int(i) < 255]
+    if not ids:
+        return None
+    label = lambda i: names[i] if i < len(names) else str(i)  # noqa: E731
+    scale = 0.3
+    text_w = max(cv2.getTextSize(label(i), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for i in ids)
+    col_w = min(max(int(width), 20), text_w + row_height + 6)
+    cols = max(1, int(width) // col_w)
+    rows = -(-len(ids) // cols)
+    out = np.full((rows * row_height + 2, max(int(width), col_w), 3), 255, np.uint8)
+    for n, i in enumerate(ids):
+        y, x = 1 + (n // cols) * row_height, (n % cols) * col_w
+        out[y + 1:y + row_height - 1, x + 1:x + row_height - 1] = _PALETTE[i]
+        cv2.putText(out, label(i), (x + row_height + 2, y + row_height - 3), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def save_float_array(path: str, values: np.ndarray) -> str:
+    """An H×W map as a float32 .npy file (numpy.load reads it), written atomically."""
+    arr = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
 
     return atomic_write(path, write)

@@ -107,3 +107,29 @@ def test_amp_cpu_runs_inference_in_bf16(checkpoint, tiny_data, tmp_path):
         outs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["results"]
     a, b = outs["fp32"]["normals"]["mean"], outs["bf16"]["normals"]["mean"]
     assert a != b and abs(a - b) < 0.05 * a, (a, b)
+
+
+def test_samples_write_uncertainty_maps(checkpoint, images, tmp_path):
+    """--samples 4: aggregated predictions, every task's uncertainty maps as float .npy (original size) and
+    colour-mapped PNG with a colour bar, and an uncertainty row in the overview."""
+    assert _infer(checkpoint, images, tmp_path / "e", "--samples", "4", "--batch_size", "2") == 0
+    assert _infer(checkpoint, images, tmp_path / "one", "--batch_size", "2") == 0
+    maps = {"semseg": ["entropy", "mutual_info"], "human_parts": ["entropy", "mutual_info"],
+            "sal": ["entropy", "mutual_info"], "normals": ["angular_dev"], "edge": ["entropy"]}
+    for name, (h, w) in SIZES.items():
+        for t, keys in maps.items():
+            assert Image.open(tmp_path / "e" / t / f"{name}.png").size == (w, h)
+            for k in keys:
+                arr = np.load(tmp_path / "e" / f"{t}_{k}" / f"{name}.npy")
+                assert arr.shape == (h, w) and arr.dtype == np.float32 and np.isfinite(arr).all(), (t, k)
+                assert arr.min() >= 0 and arr.max() > 0, (t, k)  # 4 differing draws: some spread
+                png = Image.open(tmp_path / "e" / f"{t}_{k}" / f"{name}.png")
+                assert png.size[0] == w and png.size[1] > h  # the colour bar is underneath
+            if keys[0] == "entropy":
+                assert arr.max() <= np.log(21) + 1e-5
+        ov_e = Image.open(tmp_path / "e" / "overview" / f"{name}.png")
+        ov_1 = Image.open(tmp_path / "one" / "overview" / f"{name}.png")
+        assert ov_e.size[1] > ov_1.size[1]  # the uncertainty row
+    assert not (tmp_path / "one" / "semseg_entropy").exists()
+    # bad value: one line, exit 2
+    assert _infer(checkpoint, images, tmp_path / "x", "--samples", "0") == 2

@@ -212,7 +212,10 @@ def test_overview_picture_cap_with_ground_truth():
     small = pictures.overview_picture(infos, img, maps, gts, max_side=500)
     assert max(small.shape[:2]) <= 500 and small.shape[1] > 450
     full = pictures.overview_picture(infos, img, maps, gts, max_side=OVERVIEW_MAX_SIDE)
-    assert full.shape[:2] == (2 * (14 + 120 + 2) + 2, 3 * (400 + 2) + 2)  # unchanged below the cap
+    from utils.visualization import class_legend
+
+    legend = class_legend(maps["semseg"], infos["semseg"].class_names, 400).shape[0]  # the label maps' legend
+    assert full.shape[:2] == (2 * (14 + 120 + legend + 2) + 2, 3 * (400 + 2) + 2)  # unchanged below the cap
 
 
 def test_failure_summary_names_at_most_a_few():

@@ -78,3 +78,24 @@ def test_png_writers(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         vis.save_png(str(tmp_path / "f.png"), np.zeros((2, 2), np.float32))
     assert not list(tmp_path.rglob(".tmp_*"))
+
+
+def test_uncertainty_pictures_colour_bars_and_legends(tmp_path):
+    import numpy as np
+
+    from data.tasks import task_info
+    from utils import visualization as vis
+
+    semseg = task_info("PASCALContext", "semseg")
+    u = np.linspace(0, np.log(21), 40 * 30, dtype=np.float32).reshape(40, 30)
+    pic = semseg.uncertainty_picture("entropy", u)
+    assert pic.shape[1] == 30 and pic.shape[0] > 40 and pic.dtype == np.uint8
+    assert pic[0, 0].sum() < pic[39, 29].sum()  # dark = certain, bright = uncertain
+    bar = vis.colorbar(120, 0.0, 3.04, "nats")
+    assert bar.shape[1] == 120 and (bar[:8, 0].sum() < bar[:8, -1].sum())
+    legend = vis.class_legend(np.array([[0, 15], [15, 255]]), semseg.class_names, 200)
+    assert legend is not None and legend.shape[1] == 200
+    assert vis.class_legend(np.full((2, 2), 255), semseg.class_names, 50) is None  # nothing labelled
+    paths = semseg.write_uncertainty(str(tmp_path), "img", {"entropy": u, "mutual_info": u / 2})
+    arr = np.load(tmp_path / "semseg_mutual_info" / "img.npy")
+    assert arr.dtype == np.float32 and np.array_equal(arr, u / 2) and len(paths) == 4
