@@ -149,6 +149,11 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
     seed = int(cfg.seed if args.seed is None else args.seed)
     bs = int(args.batch_size or cfg.valBatch)
     loader = DataLoader(ds, batch_size=bs, shuffle=False, num_workers=args.workers, collate_fn=collate)
+    options = ensemble_options(cfg, args.samples)
+    if metrics is not None and options["samples"] > 1:  # split input: the uncertainty is scored too
+        from engine.sinks import UncertaintySink
+
+        metrics.uncertainty = UncertaintySink(infos)
     overview = os.path.join(out_dir, "overview")
     sinks = [GuardWrites([PredictionPNGSink(out_dir), VisualGridSink(folder=overview)], out_dir)]
     log.info(f"predicting {len(ds)} image(s) from {args.input} on {device} (batch {bs}, seed {seed}) -> {out_dir}")
@@ -161,7 +166,7 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
     run = run_predictions(model, loader, ([metrics] if metrics is not None else []) + sinks, tasks=infos,
                           device=device, seed=seed, amp=bf16_autocast(cfg, device), data_errors="skip",
                           progress=Progress(len(ds), desc="infer", every=max(1, len(ds) // 10)),
-                          on_unreadable=log_unreadable, **ensemble_options(cfg, args.samples))
+                          on_unreadable=log_unreadable, **options)
     log.info(f"wrote predictions of {run.count} image(s) in {time.perf_counter() - t0:.1f}s: "
              f"{', '.join(os.path.join(out_dir, t) for t in infos)}, overviews in {overview}")
     return run
@@ -177,11 +182,20 @@ def write_metrics(cfg, args, metrics, count: int, failed: list, out_dir) -> None
     if count == 0:
         log.warning("no sample could be read: metrics.json is not written")
         return
-    results = to_plain(metrics.compute())
+    results = metrics.compute()
+    curves = []
+    if getattr(metrics, "uncertainty", None) is not None:  # ensembles: scores and curves of the uncertainty
+        from engine.evaluator import add_uncertainty_results, write_curve_pictures
+
+        curves = write_curve_pictures(add_uncertainty_results(results, metrics.uncertainty),
+                                      os.path.join(out_dir, "uncertainty"))
+    results = to_plain(results)
     dm = compute_delta_m(results, cfg.get("delta_m_reference"), cfg)
     seed = int(cfg.seed if args.seed is None else args.seed)
     payload = {"checkpoint": os.path.abspath(args.trained_model), "input": args.input, "seed": seed,
                "num_images": count, "protocol": "full", "results": results, "delta_m": dm}
+    if curves:
+        payload["uncertainty_curves"] = curves
     if failed:
         payload["unreadable"] = [{"name": n, "reason": r} for n, r in failed]
     path = write_json_atomic(os.path.join(out_dir, "metrics.json"), payload)

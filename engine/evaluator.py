@@ -21,7 +21,7 @@ import torch
 
 from data.sample_errors import describe_failures
 from engine.predict import run_predictions
-from engine.sinks import MetricsSink, PredictionPNGSink, VisualGridSink
+from engine.sinks import MetricsSink, PredictionPNGSink, UncertaintySink, VisualGridSink
 from utils.config import cfg_get
 from utils.plain import to_plain as _to_plain
 from utils.precision import bf16_autocast
@@ -29,7 +29,7 @@ from utils.distributed import all_reduce_sum, get_rank, is_main_process
 from utils.io import atomic_write
 from utils.logger import LOGGER_NAME, interactive
 
-__all__ = ["EvalOutput", "evaluate", "ensemble_options", "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m",
+__all__ = ["EvalOutput", "evaluate", "ensemble_options", "add_uncertainty_results", "write_curve_pictures", "write_json_atomic", "metric_table", "headline_metrics", "compute_delta_m",
            "metrics_path", "to_plain"]
 
 
@@ -38,6 +38,7 @@ class EvalOutput:
     results: dict  # {task: {metric: value}}
     num_images: int
     visuals: list = field(default_factory=list)  # rank 0: [(name, grid RGB uint8)]
+    curves: list = field(default_factory=list)  # rank 0, ensembles: [(task, sparsification plot RGB uint8)]
     skipped: list = field(default_factory=list)  # every rank's unreadable samples (data_errors: skip)
 
 
@@ -76,16 +77,39 @@ def evaluate(model, loader, cfg, device, *, full_edge: bool = True, seed: int | 
     metrics = MetricsSink(build_evaluator(cfg, full_edge=full_edge, progress=show))
     grids = VisualGridSink(limit=int(n_visuals) if get_rank() == 0 else 0)
     sinks = [metrics, grids] + ([PredictionPNGSink(pred_dir)] if pred_dir else [])
+    options = ensemble_options(cfg)
+    unc = UncertaintySink(_infos(cfg)) if options["samples"] > 1 else None
+    sinks += [unc] if unc is not None else []
     policy = str(cfg_get(cfg, "data_errors", "abort"))
     run = run_predictions(model, loader, sinks, tasks=_infos(cfg), device=device,
                           seed=int(cfg_get(cfg, "seed", 0)) if seed is None else int(seed),
                           amp=bf16_autocast(cfg, device) if amp is None else bool(amp), data_errors=policy,
-                          progress=_shard_bar(loader, desc) if show else None, **ensemble_options(cfg))
+                          progress=_shard_bar(loader, desc) if show else None, **options)
     if run.failed and is_main_process():
         logging.getLogger(LOGGER_NAME).warning(f"{desc}: left out {describe_failures(run.failed)} (data_errors: skip)")
     results = metrics.compute()
+    curves = add_uncertainty_results(results, unc) if unc is not None else []
     n = all_reduce_sum(torch.tensor([run.count], dtype=torch.int64)).item()
-    return EvalOutput(results=to_plain(results), num_images=int(n), visuals=grids.grids, skipped=run.failed)
+    return EvalOutput(results=to_plain(results), num_images=int(n), visuals=grids.grids, skipped=run.failed,
+                      curves=curves if get_rank() == 0 else [])
+
+
+def add_uncertainty_results(results: dict, sink) -> list:
+    """Merge an UncertaintySink's scores into `results` ({task: {..., 'unc_ause', ...}}; a collective) and
+    return [(task, sparsification plot)] of the tasks scored."""
+    from utils.visualization import sparsification_plot
+
+    scores = sink.compute(results)
+    for t, res in scores.items():
+        results.setdefault(t, {}).update(res)
+    return [(t, sparsification_plot(t, res)) for t, res in scores.items() if "unc_curves" in res]
+
+
+def write_curve_pictures(curves: list, folder: str) -> list:
+    """Each (task, picture) of EvalOutput.curves as folder/<task>.png; returns the paths."""
+    from utils.visualization import save_png
+
+    return [save_png(os.path.join(folder, f"{t}.png"), pic) for t, pic in curves]
 
 
 def ensemble_options(cfg, samples: int | None = None) -> dict:

@@ -218,6 +218,10 @@ def _infer(cfg, args, datasets, info, log) -> None:
                "results": res.results, "headline": headline_metrics(res.results, cfg), "delta_m": dm,
                "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3)}
     if is_main_process():
+        if res.curves:  # ensembles: one sparsification plot per task
+            from engine.evaluator import write_curve_pictures
+
+            payload["uncertainty_curves"] = write_curve_pictures(res.curves, os.path.join(cfg.output_dir, "uncertainty"))
         path = os.path.join(cfg.output_dir, "metrics", f"metrics_infer_iter{iteration:06d}.json")
         payload["path"] = write_json_atomic(path, payload)
         log.info(f"evaluated {args.trained_model} on {res.num_images} val images in {payload['eval_seconds']:.1f}s")

@@ -12,7 +12,7 @@ import os
 from engine.pictures import OVERVIEW_MAX_SIDE, overview_picture
 from utils import visualization as vis
 
-__all__ = ["MetricsSink", "PredictionPNGSink", "VisualGridSink"]
+__all__ = ["MetricsSink", "PredictionPNGSink", "VisualGridSink", "UncertaintySink"]
 
 
 class MetricsSink:
@@ -20,10 +20,13 @@ class MetricsSink:
 
     def __init__(self, evaluator):
         self.evaluator = evaluator
+        self.uncertainty = None  # an UncertaintySink fed alongside (ensembles; infer.py sets it)
         evaluator.reset()
 
     def add(self, done) -> None:
         self.evaluator.update(done.pred, done.batch)
+        if self.uncertainty is not None:
+            self.uncertainty.add(done)
 
     def compute(self) -> dict:
         """{task: {metric: value}} over every rank (a collective: all ranks call it)."""
@@ -68,3 +71,42 @@ class VisualGridSink:
                 self.grids.append((name, grid))
             else:
                 vis.save_png(os.path.join(self.folder, f"{name}.png"), grid)
+
+
+class UncertaintySink:
+    """Scores each task's uncertainty against its error (evaluation/uncertainty.py): per task with ground
+    truth in the batch and an uncertainty map (ensembles only), the first map of Task.uncertainty_maps.
+
+    compute(results) -> {task: {'unc_ause', ..., 'unc_curves'}} over every rank (a collective); results:
+    the metrics of the same run, whose boundary ODS threshold sets the edge error (0.5 without one)."""
+
+    def __init__(self, tasks: dict):
+        self.tasks = tasks
+        self.meters = {}
+
+    def add(self, done) -> None:
+        from evaluation.uncertainty import UncertaintyMeter
+
+        for t, maps in done.uncertainty.items():
+            if t not in done.batch or not maps:
+                continue
+            key = next(iter(maps))
+            if t not in self.meters:
+                self.meters[t] = UncertaintyMeter(self.tasks[t], key)
+            self.meters[t].update(done.pred[t], maps[key], done.batch[t])
+
+    def compute(self, results: dict | None = None) -> dict:
+        from evaluation.uncertainty import UncertaintyMeter
+
+        out = {}
+        for t, task in self.tasks.items():  # every rank walks the same tasks, in the same order
+            if not task.uncertainty_maps:
+                continue
+            meter = self.meters.get(t) or UncertaintyMeter(task, task.uncertainty_maps[0][0])
+            meter.synchronize()
+            per = (results or {}).get(t, {})
+            thr = per.get("ods_threshold", per.get("ods_threshold_est"))
+            res = meter.compute(thr)
+            if res["unc_pixels"]:
+                out[t] = res
+        return out

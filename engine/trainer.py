@@ -427,6 +427,8 @@ class Trainer:
             self.tb.add_scalar("val/delta_m", dm, k)
         for name, grid in res.visuals:
             self.tb.add_image(f"val_images/{name}", grid, k, dataformats="HWC")
+        for task, pic in getattr(res, "curves", []):  # ensembles: sparsification curves per task
+            self.tb.add_image(f"val_uncertainty/{task}", pic, k, dataformats="HWC")
         self.tb.flush()
 
     # ----------------------------------------------------------------------------- loop

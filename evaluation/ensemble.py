@@ -143,8 +143,10 @@ def angular_deviation(draws: torch.Tensor) -> dict:
     """Normals: mean over N of the angle (degrees) between each member's unit vector and the mean direction."""
     u = F.normalize(draws.float(), dim=2, eps=_EPS)
     m = F.normalize(u.mean(dim=0), dim=1, eps=_EPS)
-    cos = (u * m.unsqueeze(0)).sum(dim=2).clamp(-1.0, 1.0)
-    return {"angular_dev": torch.rad2deg(torch.acos(cos)).mean(dim=0)}
+    mm = m.unsqueeze(0)
+    # 2·atan2(|u - m|, |u + m|): exact for small angles, where acos of a float32 dot product is not
+    ang = 2.0 * torch.atan2((u - mm).norm(dim=2), (u + mm).norm(dim=2))
+    return {"angular_dev": torch.rad2deg(ang).mean(dim=0)}
 
 
 UNCERTAINTY = {"argmax": categorical_uncertainty, "threshold": categorical_uncertainty, "sigmoid": bernoulli_entropy,

@@ -20,7 +20,8 @@ from utils.io import atomic_write
 __all__ = ["voc_palette", "colorize_labels", "depth_to_color", "normals_to_rgb", "gray_to_rgb",
            "denormalize_image", "prediction_to_numpy", "target_to_numpy", "task_picture", "make_grid",
            "add_caption", "save_png", "save_label_png", "save_depth_png16", "uncertainty_range",
-           "uncertainty_to_color", "colorbar", "with_colorbar", "class_legend", "save_float_array"]
+           "uncertainty_to_color", "colorbar", "with_colorbar", "class_legend", "save_float_array",
+           "sparsification_plot"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -317,3 +318,30 @@ def save_float_array(path: str, values: np.ndarray) -> str:
             np.save(f, arr)
 
     return atomic_write(path, write)
+
+
+def sparsification_plot(task_name: str, res: dict, size=(480, 360)) -> np.ndarray:
+    """RGB picture of a task's sparsification, oracle and random curves (evaluation/uncertainty.py result:
+    'unc_curves', 'unc_ause', 'unc_ause_random', 'unc_spearman', 'unc_map')."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    c = res["unc_curves"]
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(c["fractions"], c["sparsification"], label=f"by {res.get('unc_map', 'uncertainty')}", color="C0")
+    ax.plot(c["fractions"], c["oracle"], label="oracle (by true error)", color="C2", linestyle="--")
+    ax.plot(c["fractions"], c["random"], label="random order", color="C7", linestyle=":")
+    ax.set_xlabel("fraction of pixels removed (most uncertain first)")
+    ax.set_ylabel("mean error of the rest")
+    ax.set_title(f"{task_name}: AUSE {res['unc_ause']:.4g} (random {res['unc_ause_random']:.4g}), "
+                 f"Spearman {res['unc_spearman']:.3f}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -133,3 +133,21 @@ def test_samples_write_uncertainty_maps(checkpoint, images, tmp_path):
     assert not (tmp_path / "one" / "semseg_entropy").exists()
     # bad value: one line, exit 2
     assert _infer(checkpoint, images, tmp_path / "x", "--samples", "0") == 2
+
+
+def test_split_val_with_samples_scores_the_uncertainty(checkpoint, tiny_data, tmp_path):
+    """--samples 3 on split:val: every task's AUSE, random-order AUSE and Spearman in metrics.json and one
+    sparsification plot per task; the batch size does not change any number."""
+    for bs in ("3", "1"):
+        assert _infer(checkpoint, "split:val", tmp_path / bs, "--samples", "3", "--batch_size", bs,
+                      data=tiny_data) == 0
+    a = json.loads((tmp_path / "3" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    for t in TASKS:
+        r = a["results"][t]
+        assert {"unc_ause", "unc_ause_random", "unc_spearman", "unc_curves"} <= set(r), t
+        assert r["unc_ause_random"] >= 0 and len(r["unc_curves"]["oracle"]) == 100
+        assert Image.open(tmp_path / "3" / "uncertainty" / f"{t}.png").size[0] > 100
+        for k in ("unc_ause", "unc_ause_random", "unc_spearman", "unc_pixels"):
+            assert b["results"][t][k] == pytest.approx(r[k], rel=1e-6, abs=1e-9, nan_ok=True), (t, k)
+    assert a["results"]["edge"]["unc_threshold"] == pytest.approx(a["results"]["edge"]["ods_threshold"], abs=0.005)
