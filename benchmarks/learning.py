@@ -73,7 +73,7 @@ def ensure_data(dataset: str, root: Path, n_train: int, n_val: int, size=None) -
 
 # config keys measured at inference: a variant that sets nothing else re-evaluates the default
 # TaskDiffusion checkpoint instead of training again (DDIM steps, parallel samples, bf16 on CPU)
-INFERENCE_KEYS = {"timesteps", "randsteps", "amp_cpu"}
+INFERENCE_KEYS = {"timesteps", "randsteps", "amp_cpu", "eval_samples", "samples_chunk", "eval_aggregation"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Arm:
 
     @property
     def inference_only(self) -> bool:
-        return bool(self.opts) and all(o.split("=", 1)[0] in INFERENCE_KEYS for o in self.opts)
+        return bool(self.opts) and all(o.split("=", 1)[0].split(".")[0] in INFERENCE_KEYS for o in self.opts)
 
 
 def parse_variant(text: str) -> Arm:
@@ -193,7 +193,36 @@ def compare_arms(dataset, db_name, backbone, section, args, data_root, out_root,
         lines.append(f"| **{m}** | mean | " + " | ".join(f"{means[t]:.3f}" for t in tasks)
                      + f" | **{statistics.mean(dms):+.2f}**{spread} |")
         report[m] = {"opts": list(arm.opts), "per_seed": heads[m], "delta_m": dms}
+    uncertainty_table(arms, results, tasks, lines, report)
     return report
+
+
+def uncertainty_table(arms, results, tasks, lines, report) -> None:
+    """For the ensemble arms (eval_samples > 1): each task's AUSE against its random-order value and
+    Spearman's ρ between uncertainty and error (evaluation/uncertainty.py), mean ± stdev over seeds."""
+    rows = []
+    for arm in arms:
+        per_seed = results[arm.name]
+        if not any("unc_ause" in r.get(t, {}) for r in per_seed for t in tasks):
+            continue
+        cells = []
+        for t in tasks:
+            vals = {k: [r[t][k] for r in per_seed if k in r.get(t, {}) and r[t][k] == r[t][k]]
+                    for k in ("unc_ause", "unc_ause_random", "unc_spearman")}
+            if not vals["unc_ause"]:
+                cells.append("-")
+                continue
+            f = lambda v: f"{statistics.mean(v):.4g}" + (f"±{statistics.stdev(v):.2g}" if len(v) > 1 else "")  # noqa: E731
+            rho = f(vals["unc_spearman"]) if vals["unc_spearman"] else "nan"
+            cells.append(f"{f(vals['unc_ause'])} / {f(vals['unc_ause_random'])} / ρ {rho}")
+            report[arm.name].setdefault("uncertainty", {})[t] = vals
+        rows.append(f"| {arm.name} | " + " | ".join(cells) + " |")
+    if rows:
+        lines.append("\nUncertainty (AUSE / AUSE of a random order / Spearman ρ(uncertainty, error); lower AUSE "
+                     "is better, AUSE ≥ random means the spread ranks errors no better than chance):\n")
+        lines.append("| model | " + " | ".join(tasks) + " |")
+        lines.append("|---|" + "---|" * len(tasks))
+        lines.extend(rows)
 
 
 def main(argv=None) -> int:
