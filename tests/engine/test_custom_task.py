@@ -63,3 +63,25 @@ def test_a_task_defined_in_a_test_trains_and_evaluates_end_to_end(foreground_tas
 
     state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)["model"]
     assert any("foreground" in k for k in state)  # the decoder has the task's own embedding and heads
+
+
+def test_a_user_defined_task_gets_ensemble_uncertainty_from_its_kind(foreground_task, tiny_data, tmp_path):
+    """eval_samples: 3 with the test-defined task: its default aggregation and uncertainty come from its kind
+    (discrete: mean probabilities, entropy + mutual information), scored and pictured like a built-in task."""
+    out = tmp_path / "run"
+    argv = ["--config_exp", CONFIG, "--run_mode", "train", "--data_root", tiny_data, "--output_dir", str(out),
+            "--opts", *BASE_OPTS, "max_iter=1", "val_interval=1", "task_dictionary.include_foreground=true",
+            "task_dictionary.include_human_parts=false", "loss_kwargs.loss_weights.foreground=1.0",
+            "eval_samples=3", "samples_chunk=2", "eval_aggregation.foreground=vote"]
+    assert main_mod.main(argv) == 0
+    fg = json.loads((out / "metrics" / "metrics_iter000001.json").read_text())["results"]["foreground"]
+    assert fg["unc_map"] == "entropy" and fg["unc_pixels"] > 0 and fg["unc_ause_random"] >= 0
+    for key in ("entropy", "mutual_info"):
+        arrays = sorted((out / "predictions" / f"foreground_{key}").glob("*.npy"))
+        assert len(arrays) == 4 and np.load(arrays[0]).max() <= np.log(2) + 1e-6
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/foreground/unc_ause" in events.Tags()["scalars"]
+    assert "val_uncertainty/foreground" in events.Tags()["images"]
