@@ -169,15 +169,17 @@ def delta_m(values: dict, reference: dict, db_name: str) -> float:
 
 def compare_arms(dataset, db_name, backbone, section, args, data_root, out_root, lines) -> dict:
     """Train every arm of one dataset and backbone family, append its table to `lines`, return its report."""
-    arms = [Arm("baseline", "baseline"), Arm("TaskDiffusion", "TaskDiffusion"), *args.variant]
+    arms = ([] if args.no_baseline else [Arm("baseline", "baseline")]) + [Arm("TaskDiffusion", "TaskDiffusion"),
+                                                                           *args.variant]
     results = {arm.name: [run_one(dataset, arm, s, args, data_root, out_root, backbone) for s in args.seeds]
                for arm in arms}
-    tasks = [t for t in TASK_ORDER if t in results["baseline"][0]]
+    ref_arm = arms[0].name  # Delta_m against the baseline's mean (--no_baseline: TaskDiffusion's)
+    tasks = [t for t in TASK_ORDER if t in results[ref_arm][0]]
     heads = {m: [headline(r, db_name, tasks) for r in rs] for m, rs in results.items()}
-    ref = {t: statistics.mean(h[t] for h in heads["baseline"] if h[t] is not None) for t in tasks}
+    ref = {t: statistics.mean(h[t] for h in heads[ref_arm] if h[t] is not None) for t in tasks}
     lines.append(f"\n### {section} ({args.iters} iterations, seeds {args.seeds})\n")
     lines.append("| model | seed | " + " | ".join(f"{t} {task_infos(db_name, [t])[t].metric}" for t in tasks)
-                 + " | Delta_m vs baseline mean (%) |")
+                 + f" | Delta_m vs {ref_arm} mean (%) |")
     lines.append("|---|---|" + "---|" * (len(tasks) + 1))
     report = {}
     for arm in arms:
@@ -249,6 +251,9 @@ def main(argv=None) -> int:
                         "TaskDiffusion checkpoint instead of training again")
     p.add_argument("--tag", default="", help="suffix of the run folders (finished runs are reused by name: "
                                                 "give runs with other --opts/--iters their own tag)")
+    p.add_argument("--no_baseline", action="store_true",
+                   help="skip the baseline arm: TaskDiffusion variants only, Delta_m against TaskDiffusion's mean "
+                        "(e.g. inference-only ensemble arms)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.long:

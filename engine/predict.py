@@ -181,6 +181,13 @@ def run_predictions(model, loader, sinks, *, tasks: dict, device, seed: int, amp
     base = unwrap_model(model)
     samples = int(samples)
     if samples > 1 and not getattr(base, "draws_samples", False):
+        import logging
+
+        from utils.logger import LOGGER_NAME
+
+        logging.getLogger(LOGGER_NAME).warning(
+            f"{type(base).__name__} is deterministic: its {samples} samples would be one prediction; predicting "
+            f"once, without uncertainty maps (eval_samples / --samples apply to diffusion models)")
         samples = 1  # deterministic model: its N draws would be one prediction
 
     was_training = base.training

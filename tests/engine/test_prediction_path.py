@@ -180,3 +180,36 @@ def test_a_sink_sees_every_readable_image_once(checkpoint, tiny_data, tmp_path):
     with pytest.raises(SampleReadError, match="data_errors: skip"):
         run_predictions(model, loader, [RecordingSink()], tasks=tasks, device=CPU, seed=0, data_errors="abort")
     assert model.training  # predicted in eval mode, the caller's mode restored even after an error
+
+
+class UncertaintyRecorder:
+    def __init__(self):
+        self.unc = []
+
+    def add(self, done):
+        self.unc.append({t: sorted(m) for t, m in done.uncertainty.items()})
+        for j in range(len(done)):
+            for t, maps in done.uncertainty_maps(j).items():
+                for v in maps.values():
+                    assert v.shape == tuple(int(s) for s in done.sizes[j]), t
+
+
+@pytest.mark.parametrize("model_kind", ["TaskDiffusion", "baseline"])
+def test_ensembles_through_the_prediction_path(checkpoint, tiny_data, tmp_path, model_kind, caplog):
+    """samples=3: every batch carries each task's uncertainty maps at the original size; a deterministic
+    model (the baseline) predicts once, says so, and has none."""
+    from data import build_dataloader
+    from data.tasks import task_infos
+    from models import build_model
+
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", "valBatch=3", f"model={model_kind}")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tasks = task_infos(cfg.db_name, cfg.TASKS.NAMES)
+    loader = build_dataloader(cfg, "val", distributed=False, shuffle=False)
+    rec = UncertaintyRecorder()
+    run_predictions(model, loader, [rec], tasks=tasks, device=CPU, seed=0, samples=3, samples_chunk=2)
+    if model_kind == "baseline":
+        assert all(not u for u in rec.unc) and "deterministic" in caplog.text
+    else:
+        assert rec.unc and all(u == {t: sorted(n for n, _ in tasks[t].uncertainty_maps) for t in tasks} for u in rec.unc)
