@@ -36,7 +36,7 @@ OMIT = object()  # optional and left out of the config when absent (e.g. optimiz
 class Spec:
     """One declared key.
 
-    kind: 'str' | 'int' | 'float' | 'bool' | 'list' | 'dict' (fixed ``children``) |
+    kind: 'str' | 'int' | 'float' | 'bool' | 'flag' (true, false or a word of ``choices``) | 'list' | 'dict' (fixed ``children``) |
           'map' (free keys checked by ``key_check``, values by ``value``; no ``value``: any YAML value).
     default: a value, REQUIRED or OMIT. A 'dict' without a default is filled from its children.
     choices: allowed values, a tuple or a `Names` slot.
@@ -210,8 +210,11 @@ SCHEMA: dict[str, Spec] = {
     "no_weight_decay_norm_bias": _bool(False, "exclude norms, biases, pos-embed and embeddings from weight "
                                               "decay (the paper decays every parameter)"),
     "amp": _bool(True, "bfloat16 autocast on CUDA (on CPU only with amp_cpu; the paper trained in fp32)"),
-    "amp_cpu": _bool(False, "with amp: bfloat16 autocast on CPU too (about 2x faster inference on CPUs with "
-                            "native bf16, AVX512-BF16/AMX; off by default: older CPUs emulate it slowly)"),
+    "amp_cpu": Spec("flag", "auto", "with amp, bfloat16 autocast on CPU: true, false, or auto (fp32 for training; "
+                                    "for inference bf16 only where a short timing of both on the configured model "
+                                    "measures it faster on this CPU, cached per CPU model; BENCHMARKS.md "
+                                    "'Precision per CPU kind'; `python -m benchmarks.speed --which-precision`)",
+                    choices=(True, False, "auto")),
     "compile": _bool(False, "torch.compile the model for training and evaluation (see compile_options)"),
     "compile_options": _dict({
         "scope": _str("regions", "regions: backbone, clean task features, one decoder step and the aux heads "
