@@ -120,11 +120,23 @@ def build(config: str, size, batch: int, model_kind: str | None = None):
     from losses import build_criterion
     from models import build_model
 
-    path = PAPER_CONFIGS.get(config, config)
-    opts = ["backbone_weights=null", "drop_path_rate=0.0", f"crop_size=[{int(size[0])},{int(size[1])}]"]
-    if model_kind:
-        opts.append(f"model={model_kind}")
-    cfg = load_config(str(ROOT / path), opts=opts)
+    import re
+
+    from utils.config import ConfigError
+
+    path = str(ROOT / PAPER_CONFIGS.get(config, config))
+    base = ["backbone_weights=null", "drop_path_rate=0.0"] + ([f"model={model_kind}"] if model_kind else [])
+    if "mlore" in Path(path).name:
+        base.append("spatial_size=null")  # MLoRE's router size follows the token grid (derived at load)
+    try:
+        cfg = load_config(path, opts=base + [f"crop_size=[{int(size[0])},{int(size[1])}]"])
+    except ConfigError as err:  # e.g. DINOv2's patch 14: the next multiple of what the backbone needs
+        m = re.search(r"multiple of (\d+)", str(err))
+        if not m:
+            raise
+        k = int(m.group(1))
+        size = tuple(-(-int(v) // k) * k for v in size)
+        cfg = load_config(path, opts=base + [f"crop_size=[{size[0]},{size[1]}]"])
     torch.manual_seed(0)
     model = build_model(cfg)
     criterion = build_criterion(cfg)
@@ -155,7 +167,7 @@ def count_config(config: str, paths, size=(64, 64), batch: int = 2, precision: s
             model(images, noise=noise)  # warm: lazy initialisations do not count
             inf = count(lambda: model(images, noise=noise))
             bb = count(lambda: model.backbone(images))
-        row = {"config": config, "path": path, "precision": precision, "batch": batch, "size": list(size),
+        row = {"config": config, "path": path, "precision": precision, "batch": batch, "size": list(cfg.TRAIN.SCALE),
                "steps": steps, "infer": inf.result(), "backbone": bb.result(),
                "step": {k: (inf.result()[k] - bb.result()[k]) / steps for k in ("aten", "kernels", "syncs")}}
         if top:
@@ -219,14 +231,15 @@ def main(argv=None) -> int:
     rows = []
     for config in args.configs:
         print(f"[ops] {config} ({', '.join(paths)})", flush=True)
+        start = len(rows)
         try:
             rows.extend(count_config(config, paths, tuple(args.size), args.batch, args.precision, args.top,
                                      train=not args.skip_train))
         except Exception as exc:  # one config failing must not lose the others
             rows.append({"config": config, "path": ",".join(paths), "error": f"{type(exc).__name__}: {exc}"})
-        print(markdown(rows[-len(paths):]), flush=True)
+        print(markdown(rows[start:]), flush=True)
         if args.top and "error" not in rows[-1]:
-            for r in rows[-len(paths):]:
+            for r in rows[start:]:
                 print(f"  {r['path']} infer−backbone top ops: {r.get('infer_top_ops')}")
                 if "train_top_ops" in r:
                     print(f"  {r['path']} train top ops: {r['train_top_ops']}")
