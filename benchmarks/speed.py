@@ -8,6 +8,8 @@ the ratios stay meaningful even when absolute CPU times swing. Variants:
   ref-fp32      TaskDiffusion, reference path (op for op as the original: upsample-then-conv, cat+conv
                 fusion every step, one FiLM Linear per block), fp32 eager -- "the original's way"
   fp32          TaskDiffusion, fast path (models/taskdiffusion.py `set_fast_path`), fp32 eager
+  fp32-pertask  the fast path without grouped ops (`heads.grouped_ops = False`: every task's blocks one
+                after the other, as before the grouped decoder), fp32 eager
   bf16          fast path, bf16 autocast, eager
   bf16-compile  fast path, bf16 autocast, torch.compile of the whole model (CUDA only by default)
   bf16-compile-regions   the same with models/compile.py: backbone, clean features, one decoder step and
@@ -71,6 +73,7 @@ class Variant:
 
 VARIANTS = {v.name: v for v in [
     Variant("ref-fp32", "TaskDiffusion", "ref", "fp32"),
+    Variant("fp32-pertask", "TaskDiffusion", "fast-pertask", "fp32"),
     Variant("fp32", "TaskDiffusion", "fast", "fp32"),
     Variant("bf16", "TaskDiffusion", "fast", "bf16"),
     Variant("bf16-compile", "TaskDiffusion", "fast", "bf16", "model"),
@@ -139,7 +142,8 @@ class Runner:
     def _setup(self, train: bool):
         self.model.train(train)
         if self.v.path != "-":
-            self.model.heads.set_fast_path(self.v.path == "fast")
+            self.model.heads.set_fast_path(self.v.path.startswith("fast"))
+            self.model.heads.grouped_ops = self.v.path != "fast-pertask"  # the per-task fast path of before
 
     def train_step(self):
         self._setup(True)
