@@ -126,14 +126,17 @@ def run(cfg, args) -> int:
     prepare_output_dir(out_dir, output_subfolders(infos))
     ds, collate, metrics, what = build_inputs(cfg, args)
     model = load_model(cfg, args, device)
-    done = predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir)
+    from engine.fast_inference import prepare_inference
+
+    amp = prepare_inference(cfg, model, device)  # amp_cpu auto: the faster CPU precision; compile: true
+    done = predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir, amp)
     failed = [(input_label(ds, f.index), f.message) for f in done.failed]
     if metrics is not None:
         write_metrics(cfg, args, metrics, done.count, failed, out_dir)
     return report_failures(failed, done.count, len(ds), what, metrics is not None)
 
 
-def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
+def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir, amp: bool = False):
     """Run every readable batch through the shared prediction path into the per-task PNGs, the overviews
     and (split inputs) the metrics; returns the engine.predict.PredictionRun."""
     from torch.utils.data import DataLoader
@@ -142,7 +145,6 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
     from engine.predict import run_predictions
     from engine.evaluator import ensemble_options
     from engine.sinks import PredictionPNGSink, VisualGridSink
-    from utils.precision import bf16_autocast
     from utils.logger import Progress, get_logger
 
     log = get_logger()
@@ -164,7 +166,7 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir):
             log.warning(f"skipped {input_label(ds, f.index)}: cannot be read ({f.message})")
 
     run = run_predictions(model, loader, ([metrics] if metrics is not None else []) + sinks, tasks=infos,
-                          device=device, seed=seed, amp=bf16_autocast(cfg, device), data_errors="skip",
+                          device=device, seed=seed, amp=amp, data_errors="skip",
                           progress=Progress(len(ds), desc="infer", every=max(1, len(ds) // 10)),
                           on_unreadable=log_unreadable, **options)
     log.info(f"wrote predictions of {run.count} image(s) in {time.perf_counter() - t0:.1f}s: "

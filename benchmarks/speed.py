@@ -8,6 +8,8 @@ the ratios stay meaningful even when absolute CPU times swing. Variants:
   ref-fp32      TaskDiffusion, reference path (op for op as the original: upsample-then-conv, cat+conv
                 fusion every step, one FiLM Linear per block), fp32 eager -- "the original's way"
   fp32          TaskDiffusion, fast path (models/taskdiffusion.py `set_fast_path`), fp32 eager
+  fp32-pertask  the fast path without grouped ops (`heads.grouped_ops = False`: every task's blocks one
+                after the other, as before the grouped decoder), fp32 eager
   bf16          fast path, bf16 autocast, eager
   bf16-compile  fast path, bf16 autocast, torch.compile of the whole model (CUDA only by default)
   bf16-compile-regions   the same with models/compile.py: backbone, clean features, one decoder step and
@@ -71,6 +73,7 @@ class Variant:
 
 VARIANTS = {v.name: v for v in [
     Variant("ref-fp32", "TaskDiffusion", "ref", "fp32"),
+    Variant("fp32-pertask", "TaskDiffusion", "fast-pertask", "fp32"),
     Variant("fp32", "TaskDiffusion", "fast", "fp32"),
     Variant("bf16", "TaskDiffusion", "fast", "bf16"),
     Variant("bf16-compile", "TaskDiffusion", "fast", "bf16", "model"),
@@ -139,7 +142,8 @@ class Runner:
     def _setup(self, train: bool):
         self.model.train(train)
         if self.v.path != "-":
-            self.model.heads.set_fast_path(self.v.path == "fast")
+            self.model.heads.set_fast_path(self.v.path.startswith("fast"))
+            self.model.heads.grouped_ops = self.v.path != "fast-pertask"  # the per-task fast path of before
 
     def train_step(self):
         self._setup(True)
@@ -308,7 +312,8 @@ def markdown(rows) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS)[:3], choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
+                   help="default: the three paper configs (--which-precision: pascal_vitB)")
     p.add_argument("--size", nargs=2, type=int, default=None, help="override the crop size (H W)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", nargs="+", type=int, default=[2])
@@ -328,9 +333,16 @@ def main(argv=None) -> int:
                    help="torch.compile backend of the compile variants (default inductor; 'eager' = trace only)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls/convs (off: fp32 means fp32)")
     p.add_argument("--json", default=None, help="write all rows (and the machine) to this JSON file")
+    p.add_argument("--which-precision", dest="which_precision", action="store_true",
+                   help="only say whether bf16 autocast or fp32 inference is faster on this CPU for --configs "
+                        "(the amp_cpu: auto timing, uncached; default config pascal_vitB at its crop)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.configs is None:
+        args.configs = ["pascal_vitB"] if args.which_precision else list(CONFIGS)[:3]
+    if args.which_precision:
+        return which_precision(args, p)
     device = torch.device(args.device)
     if args.variants == "all":
         names = [n for n, v in VARIANTS.items() if device.type == "cuda" or not v.compiled]
@@ -370,6 +382,45 @@ def main(argv=None) -> int:
     print()
     print(markdown(rows))
     write_json(args, device, rows)
+    return 0
+
+
+def cpu_flags() -> list[str]:
+    """The bf16-relevant CPU flags (/proc/cpuinfo): having them does not make bf16 faster (BENCHMARKS.md)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def which_precision(args, parser) -> int:
+    """`--which-precision`: the amp_cpu auto decision for each config on this machine, timed now."""
+    from engine.fast_inference import inference_probe
+    from utils.precision import MIN_SPEEDUP, choose_cpu_bf16, cpu_model_name
+
+    if args.device != "cpu" and torch.device(args.device).type != "cpu":
+        parser.error("--which-precision is about CPU inference: pass --device cpu (on CUDA amp decides)")
+    print(f"[precision] {cpu_model_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"flags: {' '.join(cpu_flags()) or 'none of avx512f/avx512_bf16/amx'}", flush=True)
+    rows = []
+    for name in args.configs:
+        cfg, model, _ = build(name, "TaskDiffusion", torch.device("cpu"), size=args.size)
+        model.eval()
+        c = choose_cpu_bf16(inference_probe(model, cfg, "cpu"), use_cache=False, log=False)
+        h, w = cfg.TRAIN.SCALE
+        rows.append((name, f"{h}x{w}", c.fp32_s, c.bf16_s, c.fp32_s / c.bf16_s, c.name))
+        print(f"[precision] {name} {h}x{w}: fp32 {c.fp32_s:.3f} s, bf16 {c.bf16_s:.3f} s per image -> "
+              f"bf16 is {c.fp32_s / c.bf16_s:.2f}x fp32's speed; amp_cpu: auto picks {c.name} "
+              f"(bf16 needs >= {MIN_SPEEDUP:.2f}x)", flush=True)
+        del model
+        gc.collect()
+    print("\n| config | size | fp32 s/img | bf16 s/img | bf16 speedup | auto picks |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.2f}x | {r[5]} |")
     return 0
 
 

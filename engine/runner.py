@@ -200,7 +200,10 @@ def _infer(cfg, args, datasets, info, log) -> None:
     model, _ = _build(cfg)
     ck = ckpt_lib.load_model_weights(model, args.trained_model,
                                      trusted=bool(getattr(args, "trust_checkpoint", False)))
-    model = model.to(info.device)
+    model = model.to(info.device).eval()
+    from engine.fast_inference import prepare_inference
+
+    amp = prepare_inference(cfg, model, info.device)  # amp_cpu auto: the faster CPU precision; compile: true
     write_run_config(cfg, log)
     iteration = int(ck.get("iteration", 0) or 0) if isinstance(ck, dict) else 0
     workers = cfg_get(cfg, "eval_workers", None)
@@ -210,7 +213,7 @@ def _infer(cfg, args, datasets, info, log) -> None:
     pred_dir = os.path.join(cfg.output_dir, "predictions")
     t0 = time.perf_counter()
     res = evaluate(model, loader, cfg, info.device, full_edge=True, seed=int(cfg_get(cfg, "seed", 0)),
-                   pred_dir=pred_dir, desc="infer")
+                   pred_dir=pred_dir, desc="infer", amp=amp)
     reference = cfg_get(cfg, "delta_m_reference", None)
     dm = compute_delta_m(res.results, reference, cfg)
     payload = {"iteration": iteration, "protocol": "full", "checkpoint": os.path.abspath(args.trained_model),

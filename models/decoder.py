@@ -29,7 +29,20 @@ def film(y: torch.Tensor, temb: torch.Tensor, proj: nn.Module) -> torch.Tensor:
     return y * (scale + 1) + shift
 
 
-class FilmParams:
+class StackMemo:
+    """Per-call cache of stacked weights for grouped ops (`stacked`): built on first use in a forward or
+    sampling call, from the live parameters (gradients flow back into each block's own tensors)."""
+
+    def __init__(self):
+        self.memo: dict = {}
+
+    def stacked(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+
+class FilmParams(StackMemo):
     """The FiLM projections (and, in eval mode, the BatchNorms) of many blocks, concatenated once.
 
     Why: every time-conditioned block computes Linear(SiLU(temb)) for its own scale/shift: ~50 tiny
@@ -42,12 +55,16 @@ class FilmParams:
     """
 
     def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
         self.sizes = [int(b.norm.num_features) for b in blocks]
         lins = [b.time_mlp[1] for b in blocks]
         self.weight = torch.cat([l.weight[:n] for l, n in zip(lins, self.sizes)]
                                 + [l.weight[n:] for l, n in zip(lins, self.sizes)])  # (2 Σout) time_dim
         self.bias = torch.cat([l.bias[:n] for l, n in zip(lins, self.sizes)]
                               + [l.bias[n:] for l, n in zip(lins, self.sizes)])
+        self.offsets = [0]
+        for n in self.sizes:
+            self.offsets.append(self.offsets[-1] + n)
         self.fold = all(type(b.norm) is nn.BatchNorm2d and not b.norm.training and b.norm.running_var is not None
                         and b.norm.affine and b.conv_1.bias is not None for b in blocks)
         if self.fold:  # BN(a0 + bias) = a0·inv + (beta + (bias - mean)·inv), for all blocks at once
@@ -60,6 +77,7 @@ class FilmParams:
 
     def table(self, temb: torch.Tensor) -> "FilmTable":
         return FilmTable(self, temb)
+
 
 
 class FilmTable:
@@ -80,12 +98,23 @@ class FilmTable:
         if torch.is_autocast_enabled(dev):  # cast once here, not once per block
             a, b = a.to(torch.get_autocast_dtype(dev)), b.to(torch.get_autocast_dtype(dev))
         self.folded = params.fold
-        self.a = a[:, :, None, None].split(params.sizes, dim=1)  # slots × (b out 1 1)
-        self.b = b[:, :, None, None].split(params.sizes, dim=1)
+        self.params = params
+        self.a_all, self.b_all = a[:, :, None, None], b[:, :, None, None]  # b (Σout) 1 1
+        self.a = self.a_all.split(params.sizes, dim=1)  # slots × (b out 1 1)
+        self.b = self.b_all.split(params.sizes, dim=1)
 
     def coeffs(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         i = block.film_slot
         return self.a[i], self.b[i]
+
+    def group_coeffs(self, blocks: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of several blocks side by side, b (Σ out) 1 1: a view when their slots are consecutive
+        (the head orders the slots so that every grouped op's blocks are), else one concatenation."""
+        slots = [b.film_slot for b in blocks]
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            lo, hi = self.params.offsets[slots[0]], self.params.offsets[slots[-1] + 1]
+            return self.a_all[:, lo:hi], self.b_all[:, lo:hi]
+        return torch.cat([self.a[i] for i in slots], dim=1), torch.cat([self.b[i] for i in slots], dim=1)
 
 
 def conv_bn_film(block: nn.Module, x: torch.Tensor, temb, upsample_to: Sequence[int] | None = None) -> torch.Tensor:
@@ -100,11 +129,109 @@ def conv_bn_film(block: nn.Module, x: torch.Tensor, temb, upsample_to: Sequence[
     if upsample_to is None:
         a = F.conv2d(x, conv.weight, bias, conv.stride, conv.padding)
     else:
-        a = conv3x3_of_upsampled(x, conv.weight, bias, upsample_to)
+        a = conv3x3_of_upsampled(x, conv.weight, bias, upsample_to, memo=temb.params)
     if not temb.folded:
         a = block.norm(a)
     ca, cb = temb.coeffs(block)
     return torch.addcmul(cb.to(a.dtype), a, ca.to(a.dtype))  # .to: no-op unless autocast is off mid-way
+
+
+# --------------------------------------------------------------------------------------------------
+# Grouped ops: the same block shape for every task (or level) run as one op over the stacked inputs
+# --------------------------------------------------------------------------------------------------
+#
+# Why: at the paper's batch of 2 a GPU decoder is launch-bound; every task (and level) running its own
+# small conv, norm and FiLM one after the other is ~5x the kernels the math needs. Blocks with the same
+# shapes run as one grouped convolution (weights concatenated per call, `FilmParams.stacked`), one
+# BatchNorm over the stacked channels (per-channel maths, so the same statistics; running statistics
+# written back to every block's own buffers) and one FiLM multiply-add. Layout: b (G c) h w, group-major.
+
+
+def same_shapes(mods: Sequence[nn.Module], *attrs: str) -> bool:
+    """Whether the blocks' sub-modules `attrs` have identical types, shapes and conv settings."""
+    def sig(m):
+        out = []
+        for a in attrs:
+            sub = m.get_submodule(a)
+            if isinstance(sub, nn.Conv2d):
+                out.append((type(sub), tuple(sub.weight.shape), sub.stride, sub.padding, sub.dilation, sub.groups,
+                            sub.padding_mode, sub.bias is not None))
+            elif isinstance(sub, nn.BatchNorm2d):
+                out.append((type(sub), sub.num_features, sub.eps, sub.momentum, sub.affine,
+                            sub.track_running_stats, sub.training))
+            else:
+                out.append((type(sub),))
+        return tuple(out)
+    first = sig(mods[0])
+    return all(sig(m) == first for m in mods[1:])
+
+
+def grouped_conv(convs: Sequence[nn.Conv2d], x: torch.Tensor, memo: StackMemo, bias: bool = True,
+                 groups_in: int | None = None) -> torch.Tensor:
+    """Each conv on its own channel group of x: b (G ci) h w -> b (G co) h w, one convolution.
+
+    groups_in: the number of input groups when several convs read the same input group (e.g. every task's
+    first conv reading its level: G = L·T convs, groups_in = L); default one input group per conv."""
+    key = tuple(id(c) for c in convs)
+    w = memo.stacked(("w",) + key, lambda: torch.cat([c.weight for c in convs]))
+    b = memo.stacked(("b",) + key, lambda: torch.cat([c.bias for c in convs])) \
+        if bias and convs[0].bias is not None else None
+    c0 = convs[0]
+    return F.conv2d(x, w, b, c0.stride, c0.padding, c0.dilation, groups_in or len(convs))
+
+
+def grouped_batch_norm(norms: Sequence[nn.BatchNorm2d], x: torch.Tensor, memo: StackMemo) -> torch.Tensor:
+    """Every BatchNorm on its own channels of x (b (G c) h w) as one batch_norm over the stack.
+
+    Training mode: batch statistics per channel (the same maths as G separate norms) and the running
+    statistics of the stack written back into each norm's own buffers (one foreach copy); eval: the
+    concatenated running statistics."""
+    key = tuple(id(n) for n in norms)
+    n0 = norms[0]
+    w = memo.stacked(("bn_w",) + key, lambda: torch.cat([n.weight for n in norms])) if n0.affine else None
+    b = memo.stacked(("bn_b",) + key, lambda: torch.cat([n.bias for n in norms])) if n0.affine else None
+    train = n0.training or n0.running_mean is None
+    if n0.running_mean is None:
+        return F.batch_norm(x, None, None, w, b, True, 0.0, n0.eps)
+    if not train:
+        rm = memo.stacked(("bn_rm",) + key, lambda: torch.cat([n.running_mean for n in norms]))
+        rv = memo.stacked(("bn_rv",) + key, lambda: torch.cat([n.running_var for n in norms]))
+        return F.batch_norm(x, rm, rv, w, b, False, 0.0, n0.eps)
+    rm = torch.cat([n.running_mean for n in norms])
+    rv = torch.cat([n.running_var for n in norms])
+    y = F.batch_norm(x, rm, rv, w, b, True, n0.momentum, n0.eps)
+    with torch.no_grad():
+        sizes = [n.num_features for n in norms]
+        torch._foreach_copy_([n.running_mean for n in norms], list(rm.split(sizes)))
+        torch._foreach_copy_([n.running_var for n in norms], list(rv.split(sizes)))
+        torch._foreach_add_([n.num_batches_tracked for n in norms], 1)
+    return y
+
+
+def grouped_conv_bn_film(blocks: Sequence[nn.Module], x: torch.Tensor, table: "FilmTable",
+                         groups_in: int | None = None) -> torch.Tensor:
+    """conv_bn_film of G same-shape blocks, block g on channel group g of x: b (G ci) h w -> b (G co) h w."""
+    memo = table.params
+    a = grouped_conv([b.conv_1 for b in blocks], x, memo, bias=not table.folded, groups_in=groups_in)
+    if not table.folded:
+        a = grouped_batch_norm([b.norm for b in blocks], a, memo)
+    ca, cb = table.group_coeffs(blocks)
+    return torch.addcmul(cb.to(a.dtype), a, ca.to(a.dtype))
+
+
+def grouped_cond_mlp(blocks: Sequence["CondConvMLP"], x: torch.Tensor, table: "FilmTable") -> torch.Tensor:
+    """CondConvMLP.forward of G same-shape blocks on the channel groups of x (residual when they are)."""
+    y = grouped_conv([b.conv_2 for b in blocks], F.gelu(grouped_conv_bn_film(blocks, x, table)), table.params)
+    return x + y if blocks[0].residual else y
+
+
+def groupable(blocks: Sequence[nn.Module], table) -> bool:
+    """Whether a list of CondConv / CondConvMLP blocks can run as one grouped op with this FiLM table."""
+    if not isinstance(table, FilmTable) or len(blocks) < 1 or any(type(b) is not type(blocks[0]) for b in blocks):
+        return False
+    attrs = ("conv_1", "norm") + (("conv_2",) if isinstance(blocks[0], CondConvMLP) else ())
+    return (all(type(b.norm) is nn.BatchNorm2d and b.norm.momentum is not None for b in blocks)
+            and same_shapes(blocks, *attrs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +277,7 @@ def shifted_taps(m: torch.Tensor, taps: int = 3) -> torch.Tensor:
 
 
 def conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         size: Sequence[int]) -> torch.Tensor:
+                         size: Sequence[int], memo: StackMemo | None = None) -> torch.Tensor:
     """Exactly `conv2d(bilinear_upsample(x, size), weight, bias, padding=1)` for a 3×3 kernel, computed
     with the channel mixing at the low resolution (see the note above). x: b ci h w -> b co H W.
 
@@ -158,6 +285,7 @@ def conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     fixed matrix ([U_0|U_1|U_2], bilinear_matrix / shifted_taps), run in float32. (F.interpolate was
     the first version: its NCHW CUDA kernel loops over the b·9C channels serially per output pixel
     and took 60% of a bf16 H100 inference.)
+    memo: a per-call cache (StackMemo): the fixed matrices are built once per call, not once per conv.
     """
     b, _, h, w = x.shape
     co = weight.shape[0]
@@ -168,8 +296,11 @@ def conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     out_dtype = z.dtype
     acc = torch.promote_types(z.dtype, torch.float32)  # bf16/fp16 -> fp32; fp32/fp64 unchanged
     with torch.autocast(x.device.type, enabled=False):
-        uw = shifted_taps(bilinear_matrix(w, big_w, acc, x.device))  # W (kx w)
-        uh = shifted_taps(bilinear_matrix(h, big_h, acc, x.device))  # H (ky h)
+        def taps(n_in, n_out):
+            make = lambda: shifted_taps(bilinear_matrix(n_in, n_out, acc, x.device))  # noqa: E731
+            return make() if memo is None else memo.stacked(("bilinear", n_in, n_out, acc, x.device), make)
+        uw = taps(w, big_w)  # W (kx w)
+        uh = taps(h, big_h)  # H (ky h)
         z = z.to(acc).reshape(b, 3, 3, co, h, w).permute(0, 1, 3, 4, 2, 5).reshape(b * 3 * co * h, 3 * w)
         z = (z @ uw.t()).view(b, 3, co, h, big_w)  # along W, kx taps summed: b ky co h W
         z = z.permute(0, 2, 1, 3, 4).reshape(b * co, 3 * h, big_w)  # (b co) (ky h) W
@@ -204,7 +335,7 @@ def foldable_into_head(block: nn.Module, head: nn.Conv2d) -> bool:
 
 
 def skip_plus_1x1_into_head(skip: torch.Tensor, g: torch.Tensor, conv_2: nn.Conv2d, head: nn.Conv2d,
-                            size: Sequence[int] | None) -> torch.Tensor:
+                            size: Sequence[int] | None, memo: StackMemo | None = None) -> torch.Tensor:
     """`head(up(skip) + conv_2(g))`: the tail shared by every block that feeds a prediction head.
 
     skip: b c h w at the low resolution (up = bilinear to `size`, or none); g: the block's hidden
@@ -213,7 +344,7 @@ def skip_plus_1x1_into_head(skip: torch.Tensor, g: torch.Tensor, conv_2: nn.Conv
     resolution instead of C->C then C->K.
     """
     hw = tuple(size) if size is not None else tuple(skip.shape[-2:])
-    base = conv3x3_of_upsampled(skip, head.weight, head.bias, hw) if size is not None else head(skip)
+    base = conv3x3_of_upsampled(skip, head.weight, head.bias, hw, memo) if size is not None else head(skip)
     w = compose_1x1_into(head.weight, conv_2.weight)  # K C 3 3
     return base + F.conv2d(g, w, None, padding=1) + border_bias(head.weight, conv_2.bias, hw)
 
@@ -255,7 +386,8 @@ class CondConvMLP(nn.Module):
             x_in = upsample_bilinear(x, size) if size is not None else x
             return head(self(x_in, temb))
         g = F.gelu(conv_bn_film(self, x, temb, upsample_to=size))
-        return skip_plus_1x1_into_head(x, g, self.conv_2, head, size)
+        return skip_plus_1x1_into_head(x, g, self.conv_2, head, size,
+                                       memo=temb.params if isinstance(temb, FilmTable) else None)
 
 
 class CondConv(nn.Module):
@@ -284,7 +416,8 @@ class ConvMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_2(F.gelu(self.norm(self.conv_1(x)))) + self.conv_3(x)
 
-    def forward_into_head(self, x: torch.Tensor, head: nn.Conv2d, size: Sequence[int]) -> torch.Tensor:
+    def forward_into_head(self, x: torch.Tensor, head: nn.Conv2d, size: Sequence[int],
+                          memo: StackMemo | None = None) -> torch.Tensor:
         """`head(self(up(x)))` with up = bilinear to `size` (the auxiliary head), computed exactly but
         with every conv that reads the upsampled 4C-channel map moved to the low resolution.
 
@@ -293,9 +426,9 @@ class ConvMLP(nn.Module):
         """
         if not (foldable_into_head(self, head) and self.conv_3.kernel_size == (1, 1)):
             return head(self(upsample_bilinear(x, size)))
-        g = F.gelu(self.norm(conv3x3_of_upsampled(x, self.conv_1.weight, self.conv_1.bias, tuple(size))))
+        g = F.gelu(self.norm(conv3x3_of_upsampled(x, self.conv_1.weight, self.conv_1.bias, tuple(size), memo)))
         skip = self.conv_3(x)  # b C h w: the 1×1 skip at low resolution, upsampled inside the next call
-        return skip_plus_1x1_into_head(skip, g, self.conv_2, head, size)
+        return skip_plus_1x1_into_head(skip, g, self.conv_2, head, size, memo)
 
 
 def task_feat_block(channels: int) -> nn.Sequential:
@@ -332,6 +465,24 @@ class NoisyInputFusion(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             nz = F.conv2d(z.to(acc), wz.to(acc))  # b (L c) h w
         return [f + n for f, n in zip(feature_part, nz.chunk(len(self.conv_transforms), dim=1))]
+
+    def forward_stacked(self, feature_part: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """`forward` for the grouped decoder: feature_part stacked b (L c) h w (`feature_part_stacked`) ->
+        b (L c) h w, the z term of every level added in one op."""
+        wz = torch.cat([conv.weight[:, feature_part.shape[1] // len(self.conv_transforms):]
+                        for conv in self.conv_transforms], dim=0)  # (L c) m 1 1
+        acc = torch.promote_types(z.dtype, torch.float32)
+        with torch.autocast(z.device.type, enabled=False):
+            nz = F.conv2d(z.to(acc), wz.to(acc))  # b (L c) h w
+        return feature_part + nz
+
+    def feature_part_stacked(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`feature_part` of every level as one grouped conv: b (L c) h w."""
+        c, n = levels[0].shape[1], len(self.conv_transforms)
+        w = torch.cat([conv.weight[:, :c] for conv in self.conv_transforms])  # (L c) c 1 1
+        b = torch.cat([conv.bias for conv in self.conv_transforms])
+        x = torch.cat(list(levels), dim=1)
+        return F.conv2d(x, w, b, groups=n)
 
     def forward_concat(self, levels: Sequence[torch.Tensor], z: torch.Tensor) -> list[torch.Tensor]:
         """The original's formulation, conv1×1(cat(F_l, z)) per level (reference path of the head)."""
@@ -378,6 +529,39 @@ class CrossTaskFPN(nn.Module):
             nn.ModuleDict({k: CondConv(c, c, time_dim, 1) for k in self.tasks}) for _ in range(num_levels))
         self.fpn_mask = nn.ModuleDict({
             k: CondConvMLP(num_levels * c, c, num_levels, time_dim, k1=1, k2=3) for k in self.tasks})
+
+    def grouped_ok(self, table) -> bool:
+        """Whether `forward_grouped` applies: a FiLM table, and the per-level / per-task blocks of the
+        standard types with equal shapes (a subclass that swaps any of them gets the per-block forward)."""
+        L = self.num_levels
+        fpn = self.share_fpn.fpn_conv
+        return (isinstance(table, FilmTable)
+                and all(groupable([fpn[l][j] for l in range(L)], table) for j in range(2))
+                and groupable(list(self.mask_task), table)
+                and groupable([self.specific_head[l][k] for l in range(L) for k in self.tasks], table)
+                and groupable([self.fpn_mask[k] for k in self.tasks], table)
+                and self.fpn_mask[self.tasks[0]].conv_2.out_channels == L)
+
+    def forward_grouped(self, fused: torch.Tensor, table: FilmTable, src: torch.Tensor) -> torch.Tensor:
+        """`forward` with every level (shared FPN, gates, task mixing, specific heads) and every task
+        (level fusion) in one op each. fused: b (L c) h w; src: the clean features b L 1 T c h w
+        (`stack_clean`) -> b (T c) h w."""
+        L, T = self.num_levels, len(self.tasks)
+        fpn = self.share_fpn.fpn_conv
+        s = grouped_cond_mlp([fpn[l][0] for l in range(L)], fused, table)
+        s = grouped_cond_mlp([fpn[l][1] for l in range(L)], s, table)  # b (L c) h w
+        g = grouped_conv_bn_film(list(self.mask_task), s, table)  # b (L T_target T_source) h w
+        b, _, h, w = g.shape
+        gates = torch.sigmoid(g).view(b, L, T, T, 1, h, w)
+        mixed = (gates * src).sum(dim=3)  # b L T_target c h w
+        c = mixed.shape[3]
+        heads = [self.specific_head[l][k] for l in range(L) for k in self.tasks]
+        v = grouped_conv_bn_film(heads, mixed.view(b, L * T * c, h, w), table)  # b (L T c) h w
+        v = v.view(b, L, T, c, h, w).transpose(1, 2)  # b T L c h w
+        masks = [self.fpn_mask[k] for k in self.tasks]
+        m = grouped_cond_mlp(masks, v.reshape(b, T * L * c, h, w), table)  # b (T L) h w
+        pi = torch.softmax(m.view(b, T, L, h, w), dim=2)
+        return (pi.unsqueeze(3) * v).sum(dim=2).view(b, T * c, h, w)
 
     def forward(self, fused: Sequence[torch.Tensor], temb: torch.Tensor,
                 clean: Sequence[dict]) -> dict[str, torch.Tensor]:

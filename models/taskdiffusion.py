@@ -22,8 +22,9 @@ from torch import nn
 from data.tasks import TaskInfo, task_infos
 from models.backbone import build_backbone
 from models.backbones import backbone_interface, decoder_grid
-from models.decoder import (CondConv, CondConvMLP, ConvMLP, CrossTaskFPN, FilmParams, NoisyInputFusion,
-                            task_feat_block)
+from models.decoder import (CondConv, CondConvMLP, ConvMLP, CrossTaskFPN, FilmParams, FilmTable, NoisyInputFusion,
+                            SharedNoisyFPN, StackMemo, grouped_batch_norm, grouped_cond_mlp, grouped_conv, groupable,
+                            same_shapes, task_feat_block)
 from models.diffusion import (build_time_mlp, check_noise, ddim_step, ddim_time_pairs, draw_sample_noise,
                               draw_train_noise, draw_train_times, logsnr_cosine, noise_latent, to_bits,
                               upsample_bilinear)
@@ -37,6 +38,38 @@ def sample_rule(info: TaskInfo) -> tuple:
     if rule[0] in ("argmax", "threshold") and not info.is_discrete:
         raise ValueError(f"task {info.name!r}: rule {rule[0]!r} needs a discrete task")
     return rule
+
+
+def task_feat_groupable(seqs: Sequence[nn.Module]) -> bool:
+    """Whether the clean-feature blocks (one per level and task) are all the standard TaskFeat with equal
+    shapes (`task_feat_block`), so that they run as grouped ops."""
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.GELU, nn.Conv2d, nn.Conv2d, nn.BatchNorm2d, nn.GELU, nn.Conv2d)
+    if not all(type(s) is nn.Sequential and len(s) == len(kinds)
+               and all(type(m) is k for m, k in zip(s, kinds)) for s in seqs):
+        return False
+    if any(s[i].momentum is None for s in seqs for i in (1, 5)):
+        return False
+    return same_shapes(seqs, *(str(i) for i in range(len(kinds)))) and all(
+        s[2].approximate == "none" and s[6].approximate == "none" for s in seqs)
+
+
+def grouped_task_features(seqs: Sequence[nn.Sequential], levels: Sequence[torch.Tensor], num_tasks: int,
+                          tasks: Sequence[str]) -> list[dict]:
+    """Every level's and task's TaskFeat as one op per layer: levels L × (b c h w) -> L × {task: b c h w}.
+
+    seqs: the blocks level-major (l, t). The first conv of every task reads its level (groups = L, T·c
+    outputs each); the later layers run per (l, t) group on b (L T c) h w."""
+    memo = StackMemo()
+    L = len(levels)
+    x = torch.cat(list(levels), dim=1)  # b (L c) h w
+    y = grouped_conv([s[0] for s in seqs], x, memo, groups_in=L)  # b (L T c) h w
+    y = F.gelu(grouped_batch_norm([s[1] for s in seqs], y, memo))
+    y = grouped_conv([s[4] for s in seqs], grouped_conv([s[3] for s in seqs], y, memo), memo)
+    y = F.gelu(grouped_batch_norm([s[5] for s in seqs], y, memo))
+    y = grouped_conv([s[7] for s in seqs], y, memo)
+    b, _, h, w = y.shape
+    v = y.view(b, L, num_tasks, -1, h, w)
+    return [{t: v[:, l, i] for i, t in enumerate(tasks)} for l in range(L)]
 
 
 class TaskDiffusionHead(nn.Module):
@@ -108,6 +141,9 @@ class TaskDiffusionHead(nn.Module):
         self.fpn_encoder = CrossTaskFPN(self.tasks, c, c, self.num_levels, self.build_feat_task)
         # Fast path (default): exact rewrites of the expensive parts, see `set_fast_path`.
         self.fast_path = True
+        # grouped ops on the fast path (config `grouped_ops`; one op per block over all tasks / levels; same
+        # maths, fp32 rounding differs by ~1e-7 relative, so off by default: the paper configs stay bit-identical)
+        self.grouped_ops = False
         for i, blk in enumerate(self.film_blocks()):
             blk.film_slot = i  # index into the per-step FiLM table (decoder.FilmParams)
 
@@ -131,8 +167,15 @@ class TaskDiffusionHead(nn.Module):
         return self
 
     def film_blocks(self) -> list[nn.Module]:
-        """The time-conditioned blocks of the decoder, in a fixed order (their FiLM table slots)."""
-        mods = list(self.fpn_encoder.modules()) + list(self.encoders.modules())
+        """The time-conditioned blocks of the decoder, in a fixed order (their FiLM table slots): the
+        shared FPN's blocks ordered block-major (the blocks of one grouped op side by side), then the rest
+        of the gating FPN and the refinement layers in module order."""
+        share = []
+        if isinstance(getattr(self.fpn_encoder, "share_fpn", None), SharedNoisyFPN):
+            convs = self.fpn_encoder.share_fpn.fpn_conv
+            share = [convs[l][j] for j in range(len(convs[0])) for l in range(len(convs))]
+        first = {id(m) for m in share}
+        mods = share + [m for m in self.fpn_encoder.modules() if id(m) not in first] + list(self.encoders.modules())
         return [m for m in mods if isinstance(m, (CondConv, CondConvMLP))]
 
     def film_params(self) -> FilmParams | None:
@@ -156,6 +199,9 @@ class TaskDiffusionHead(nn.Module):
         feat_task = self.fpn_encoder.feat_task
         if not self.fast_path:
             return [{t: feat_task[l][t](x) for t in self.tasks} for l, x in enumerate(levels)], {}
+        seqs = [feat_task[l][t] for l in range(len(levels)) for t in self.tasks]
+        if self.grouped_ops and task_feat_groupable(seqs):
+            return grouped_task_features(seqs, levels, len(self.tasks), self.tasks), {}
         clean = []
         for l, x in enumerate(levels):
             blocks = [feat_task[l][t] for t in self.tasks]
@@ -260,6 +306,10 @@ class TaskDiffusionHead(nn.Module):
             film = film if film is not None else self.film_params()
             if film is not None:
                 temb = film.table(temb)  # every block's FiLM coefficients from one matmul
+            if self.grouped_ok(temb):
+                return self.decode_grouped(fused, temb, clean, upsample)
+        if isinstance(fused, torch.Tensor):  # stacked b (L c) h w (fast path's fusion)
+            fused = list(fused.chunk(self.num_levels, dim=1))
         x = self.fpn_encoder(fused, temb, clean)
         h, w = fused[0].shape[-2:]
         last = len(self.encoders) - 1
@@ -282,21 +332,65 @@ class TaskDiffusionHead(nn.Module):
     def aux_forward(self, clean: Sequence[dict], size: Sequence[int]) -> dict[str, torch.Tensor]:
         """Aux logits from the ×4-upsampled concat of the clean levels of each task (docs/method.md#training-forward step 6)."""
         out = {}
+        memo = StackMemo()  # the fixed bilinear matrices, once for every task
         for t in self.tasks:
             y = torch.cat([p[t] for p in clean], dim=1)  # b (L c) h w
             seq = self.aux_heads[t]
             if self.fast_path and len(seq) == 2 and type(seq[0]) is ConvMLP and isinstance(seq[1], nn.Conv2d):
-                out[t] = seq[0].forward_into_head(y, seq[1], size)  # the upsampled map is never built
+                out[t] = seq[0].forward_into_head(y, seq[1], size, memo)  # the upsampled map is never built
             else:
                 out[t] = seq(upsample_bilinear(y, size))
         return out
 
     def fuse_noisy(self, levels: Sequence[torch.Tensor], z: torch.Tensor,
-                   feature_part: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """NoisyInputFusion on the fast path (backbone half cacheable) or the reference path."""
+                   feature_part: Sequence[torch.Tensor] | torch.Tensor | None = None):
+        """NoisyInputFusion on the fast path (backbone half cacheable) or the reference path: L × (b c h w),
+        or b (L c) h w when feature_part is the stacked form (`feature_part`)."""
         if not self.fast_path:
             return self.transforms.forward_concat(levels, z)
+        if isinstance(feature_part, torch.Tensor):
+            return self.transforms.forward_stacked(feature_part, z)
         return self.transforms(levels, z, feature_part=feature_part)
+
+    def feature_part(self, levels: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """The backbone half of the noisy-input fusion (once per sampling call): stacked b (L c) h w when
+        every level has the same shape (one grouped conv), else per level."""
+        if self.grouped_ops and all(tuple(x.shape) == tuple(levels[0].shape) for x in levels):
+            return self.transforms.feature_part_stacked(levels)
+        return self.transforms.feature_part(levels)
+
+    # ------------------------------------------------------------------- grouped decoder (fast path)
+    def grouped_ok(self, table) -> bool:
+        """Whether decode can run every task / level as one op (`decode_grouped`): a FiLM table, the
+        standard gating FPN and refinement blocks with equal shapes, and a non-empty refinement."""
+        if not self.grouped_ops or not isinstance(table, FilmTable) or len(self.encoders) < 1:
+            return False
+        key = ("grouped_ok", self.training)
+        if key not in table.params.memo:
+            table.params.memo[key] = (type(self.fpn_encoder).forward is CrossTaskFPN.forward
+                                      and self.fpn_encoder.grouped_ok(table)
+                                      and all(groupable([layer[t] for t in self.tasks], table) for layer in self.encoders))
+        return table.params.memo[key]
+
+    def decode_grouped(self, fused, table: FilmTable, clean: Sequence[dict], upsample: bool) -> dict:
+        """`decode` with the same maths, every task (and level) of a block in one op (models/decoder.py,
+        grouped ops). fused: b (L c) h w or L × (b c h w)."""
+        if not isinstance(fused, torch.Tensor):
+            fused = torch.cat(list(fused), dim=1)
+        tasks, L = self.tasks, self.num_levels
+        src = torch.stack([clean[l][k] for l in range(L) for k in tasks], dim=1)  # b (L T) c h w
+        b, _, c, h, w = src.shape
+        x = self.fpn_encoder.forward_grouped(fused, table, src.view(b, L, 1, len(tasks), c, h, w))  # b (T c) h w
+        last = len(self.encoders) - 1
+        for k in range(last):
+            x = grouped_cond_mlp([self.encoders[k][t] for t in tasks], x, table)
+        if not upsample:
+            x = grouped_cond_mlp([self.encoders[last][t] for t in tasks], x, table)
+            return {t: self.pred_heads[t](xt) for t, xt in zip(tasks, x.chunk(len(tasks), dim=1))}
+        # last layer + prediction head together: the ×4 work runs at low resolution (exact rewrite)
+        size = (4 * h, 4 * w)
+        return {t: self.encoders[last][t].forward_into_head(xt, table, self.pred_heads[t], size)
+                for t, xt in zip(tasks, x.chunk(len(tasks), dim=1))}
 
     # --------------------------------------------------------------------------------- training
     def forward_train(self, features: torch.Tensor, targets: Mapping[str, torch.Tensor],
@@ -369,7 +463,7 @@ class TaskDiffusionHead(nn.Module):
             noise_fn = noise
         levels = self.split_levels(features)  # L × (b c h w), once per image
         # the backbone half of the noisy-input fusion and the clean task features: once per image
-        feature_part = self.transforms.feature_part(levels) if self.fast_path else None
+        feature_part = self.feature_part(levels) if self.fast_path else None
         clean, _ = self.clean_task_features(levels, generator=generator, **hook_kwargs)
         film = self.film_params()
         members, inter = [], {"mask_t": [], "logits_hw": []}
@@ -406,8 +500,9 @@ class TaskDiffusionHead(nn.Module):
         logit sizes per step)."""
         dev = z.device
         nb = z.shape[0]
-        if self.fast_path:
-            feature_part = [self._repeat(f, k) for f in feature_part]
+        if self.fast_path:  # stacked b (L c) h w (grouped ops) or L × (b c h w)
+            feature_part = self._repeat(feature_part, k) if torch.is_tensor(feature_part) else \
+                [self._repeat(f, k) for f in feature_part]
         else:  # the reference path concatenates the backbone levels with z on every step
             levels = [self._repeat(x, k) for x in levels]
         clean = [{t: self._repeat(v, k) for t, v in p.items()} for p in clean]
@@ -606,4 +701,6 @@ def build_taskdiffusion_model(cfg, head_cls: type = TaskDiffusionHead, backbone:
     head arguments depend on the backbone's declaration, e.g. MLoRE's token count, build it first)."""
     module, spec = build_backbone_checked(cfg) if backbone is None else backbone
     heads = head_cls(**head_kwargs_from_config(cfg, spec.num_levels), **extra_head_kwargs)
+    heads.grouped_ops = bool(cfg.get("grouped_ops", False) if isinstance(cfg, Mapping) else
+                             getattr(cfg, "grouped_ops", False))
     return TaskDiffusion(module, heads)

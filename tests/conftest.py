@@ -13,6 +13,9 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# amp_cpu: auto decides by timing; tests compare numbers, so the suite decides fp32 without timing
+# (tests of the decision itself unset this: tests/utils/test_precision.py)
+os.environ.setdefault("TASKDIFFUSION_AMP_CPU_AUTO", "fp32")
 SHARED = ROOT.parent / "shared"
 
 

@@ -291,6 +291,12 @@ class Checker:
             v = self.mapping(key, spec.children, v)
         elif kind == "map":
             v = self.free_map(key, spec, v)
+        elif kind == "flag":  # true / false or one of the string choices (e.g. 'auto')
+            if isinstance(v, str):
+                v = v.strip().lower()
+            elif not isinstance(v, bool):
+                self.fail(key, f"expected true, false or one of the words {[c for c in spec.choices if isinstance(c, str)]}, "
+                               f"got {_describe(v)}.")
         choices = self.names(key, spec.choices) if isinstance(spec.choices, Names) else spec.choices
         if choices is not None and v not in choices:
             self.fail(key, f"{v!r} is not allowed; choose one of: {', '.join(map(str, choices))}."

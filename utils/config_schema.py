@@ -36,7 +36,7 @@ OMIT = object()  # optional and left out of the config when absent (e.g. optimiz
 class Spec:
     """One declared key.
 
-    kind: 'str' | 'int' | 'float' | 'bool' | 'list' | 'dict' (fixed ``children``) |
+    kind: 'str' | 'int' | 'float' | 'bool' | 'flag' (true, false or a word of ``choices``) | 'list' | 'dict' (fixed ``children``) |
           'map' (free keys checked by ``key_check``, values by ``value``; no ``value``: any YAML value).
     default: a value, REQUIRED or OMIT. A 'dict' without a default is filled from its children.
     choices: allowed values, a tuple or a `Names` slot.
@@ -210,8 +210,11 @@ SCHEMA: dict[str, Spec] = {
     "no_weight_decay_norm_bias": _bool(False, "exclude norms, biases, pos-embed and embeddings from weight "
                                               "decay (the paper decays every parameter)"),
     "amp": _bool(True, "bfloat16 autocast on CUDA (on CPU only with amp_cpu; the paper trained in fp32)"),
-    "amp_cpu": _bool(False, "with amp: bfloat16 autocast on CPU too (about 2x faster inference on CPUs with "
-                            "native bf16, AVX512-BF16/AMX; off by default: older CPUs emulate it slowly)"),
+    "amp_cpu": Spec("flag", "auto", "with amp, bfloat16 autocast on CPU: true, false, or auto (fp32 for training; "
+                                    "for inference bf16 only where a short timing of both on the configured model "
+                                    "measures it faster on this CPU, cached per CPU model; BENCHMARKS.md "
+                                    "'Precision per CPU kind'; `python -m benchmarks.speed --which-precision`)",
+                    choices=(True, False, "auto")),
     "compile": _bool(False, "torch.compile the model for training and evaluation (see compile_options)"),
     "compile_options": _dict({
         "scope": _str("regions", "regions: backbone, clean task features, one decoder step and the aux heads "
@@ -279,6 +282,10 @@ SCHEMA: dict[str, Spec] = {
     "drop_path_rate": _float(0.15, "stochastic depth rate of the last ViT block (linear from 0)", ge=0, lt=1),
     "final_embed_dim": _int(REQUIRED, "decoder width C", ge=4),
     "timesteps": _int(3, "DDIM sampling steps", ge=1),
+    "grouped_ops": _bool(False, "run every task's (and level's) decoder block as one grouped op on the fast path: "
+                                "about 1/3 of the kernel launches per DDIM step, same maths, fp32 rounding differs "
+                                "by ~1e-7 relative (off: the paper configs' numbers bit for bit; BENCHMARKS.md "
+                                "'Kernel launches')"),
     "randsteps": _int(1, "parallel samples averaged at inference", ge=1),
     "eval_samples": _int(1, "ensemble members N drawn per image at evaluation and inference (the backbone runs "
                             "once per image); N > 1 aggregates them per task and adds per-pixel uncertainty "

@@ -113,9 +113,11 @@ def targets(db, b, h, w):
     return out
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("db", ["PASCALContext", "NYUD"])
-def test_sampling_fast_equals_reference(db):
+def test_sampling_fast_equals_reference(db, grouped):
     fast, ref = fast_and_reference(tiny_model(db), train=False)
+    fast.heads.grouped_ops = grouped  # per-task fast path (default) and grouped ops (grouped_ops: true)
     x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
     noise = torch.randn(2, fast.heads.noisy_channels, 2, 3, dtype=torch.float64)
     with torch.no_grad():
@@ -127,9 +129,11 @@ def test_sampling_fast_equals_reference(db):
         close(a["pred"][t], b["pred"][t], f"pred[{t}]", rtol=1e-9)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("db", ["PASCALContext", "NYUD"])
-def test_training_fast_equals_reference_with_grads_and_bn_stats(db):
+def test_training_fast_equals_reference_with_grads_and_bn_stats(db, grouped):
     fast, ref = fast_and_reference(tiny_model(db), train=True)
+    fast.heads.grouped_ops = grouped  # per-task fast path (default) and grouped ops (grouped_ops: true)
     x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
     tg = targets(db, 2, 32, 48)
     noise = torch.randn(2, fast.heads.noisy_channels, 2, 3, dtype=torch.float64)
@@ -153,3 +157,37 @@ def test_training_fast_equals_reference_with_grads_and_bn_stats(db):
     bf, br = dict(fast.named_buffers()), dict(ref.named_buffers())
     for n, v in br.items():
         close(bf[n].double(), v.double(), f"buffer {n}", rtol=1e-9)
+
+
+def test_grouped_ops_change_only_fp32_rounding_and_cut_kernels():
+    """The grouped decoder (`grouped_ops: true`) against the per-task fast path: same outputs up to fp32 rounding, and
+    less than half the kernel-launching ops per DDIM step (benchmarks/ops.py's counter), and at most 183,
+    the issue's goal for PASCAL (1/3 of the 549 it counted; the count depends on the task set and the block
+    structure, not on widths or sizes, so this tiny model counts what PASCAL ViT-B launches)."""
+    from easydict import EasyDict
+
+    from benchmarks.ops import count
+    from models import build_model
+
+    cfg = EasyDict(model="TaskDiffusion", backbone="TaskDiffusion_vitT",
+                   backbone_kwargs=dict(embed_dim=32, depth=4, num_heads=2, taps=[1, 2, 3]),
+                   backbone_weights=None, drop_path_rate=0.0, final_embed_dim=16, timesteps=3, randsteps=1,
+                   bit_scales={"all": 0.01}, module_layer=3, with_aux=True, db_name="PASCALContext",
+                   TASKS=dict(NAMES=["semseg", "human_parts", "sal", "normals", "edge"]), TRAIN=dict(SCALE=[32, 48]),
+                   ignore_index=255)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 32, 48)
+    noise = model.initial_noise(x, ["a", "b"], 0)
+    counts = {}
+    preds = {}
+    with torch.no_grad():
+        bb = count(lambda: model.backbone(x)).kernels
+        for grouped in (False, True):
+            model.heads.grouped_ops = grouped
+            preds[grouped] = model(x, noise=noise)["pred"]
+            counts[grouped] = (count(lambda: model(x, noise=noise)).kernels - bb) / 3
+    for t in preds[False]:
+        close(preds[True][t], preds[False][t], t, rtol=1e-5)
+    assert counts[True] < counts[False] / 2 and counts[True] <= 183, counts
