@@ -79,7 +79,7 @@ def load(args: argparse.Namespace):
 
 def check_args(cfg, args) -> None:
     """Checks that need both the config and the command line, before anything expensive."""
-    from utils.checkpoint import BEST, CKPT_DIR, last_checkpoint
+    from utils.checkpoint import BEST, CKPT_DIR, resume_candidates
 
     if args.run_mode == "infer" and not args.trained_model:
         raise UserError("--run_mode infer needs --trained_model PATH (a checkpoint written by training, e.g. "
@@ -88,7 +88,7 @@ def check_args(cfg, args) -> None:
         raise UserError(f"--trained_model {args.trained_model}: no such file.")
     w = cfg.backbone_weights
     fresh_training = (args.run_mode == "train" and not args.trained_model
-                      and last_checkpoint(cfg.output_dir) is None)
+                      and not resume_candidates(cfg.output_dir))
     if fresh_training and w not in (None, "timm") and not os.path.isfile(w):
         tag = weights_tag(cfg)
         raise UserError(

@@ -127,9 +127,13 @@ class Trainer:
         if is_main_process():  # partial files of a save that was killed mid-write
             for path in ckpt_lib.remove_stale_temporaries(self.output_dir):
                 self.log.info(f"removed {path} (an incomplete checkpoint write of an earlier run)")
-        last = ckpt_lib.last_checkpoint(self.output_dir) if resume else None
+        last, last_ck = None, None
+        if resume:  # the newest checkpoint that loads (a damaged last.pth is set aside with a warning)
+            last, last_ck, notes = ckpt_lib.choose_resume_checkpoint(self.output_dir, trusted=self.trust_checkpoint)
+            for note in notes if is_main_process() else ():
+                self.log.warning(note)
         if last:
-            self._resume(last)
+            self._resume(last, last_ck)
             if init_weights:
                 self.log.warning(f"--trained_model {init_weights} is ignored: resuming the run in {self.output_dir} "
                                  f"(use another --output_dir to start from those weights)")
@@ -198,9 +202,9 @@ class Trainer:
                 f"{how} {path}: {describe_experiment(ck.get('config'))} does not fit the requested "
                 f"{describe_experiment(self.cfg)}: {err}") from None
 
-    def _resume(self, path: str) -> None:
+    def _resume(self, path: str, ck: dict | None = None) -> None:
         how = "auto-resume from the run folder's last checkpoint"
-        ck = self._load(path, how)
+        ck = self._load(path, how) if ck is None else ck
         self._fit(ck, path, how + (" (move the folder away or pass another --output_dir to start a new run)"))
         if ck.get("optimizer") is not None:
             self.optimizer.load_state_dict(ck["optimizer"])
