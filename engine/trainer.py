@@ -142,6 +142,8 @@ class Trainer:
             self._fit(ckpt, init_weights, "--trained_model")
             self.log.info(f"initialised the weights from {init_weights} (fresh optimizer and schedule)")
 
+        if is_main_process():  # before the first save: the weights and two Adam moments per parameter
+            self._warn_free_space(size=3 * sum(p.numel() * p.element_size() for p in self.model.parameters()))
         self.train_model = self._wrap(self.model)
         self.tb = None
         if tensorboard and is_main_process():
@@ -243,8 +245,16 @@ class Trainer:
                 periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
             paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic,
                                              keep=self.keep_checkpoints)
+            self._warn_free_space()
         barrier()
         return paths
+
+    def _warn_free_space(self, size: int | None = None) -> None:
+        """Rank 0: warn when the next checkpoint (last.pth, + a periodic copy, + best.pth) will not fit."""
+        files = 1 + bool(self.ckpt_interval) + (self.val_set is not None)
+        warning = ckpt_lib.free_space_warning(self.output_dir, files, size=size)
+        if warning:
+            self.log.warning(warning)
 
     # ----------------------------------------------------------------------------- one step
     def _step_batch(self, batch: dict):
@@ -607,8 +617,11 @@ class Trainer:
     def close(self) -> None:
         """Release the DDP wrapper and TensorBoard writer (before the process group is destroyed)."""
         if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+            tb, self.tb = self.tb, None
+            try:
+                tb.close()
+            except OSError:  # a full disk refuses the last events: the run reports the failed write itself
+                pass
         self.train_model = None
         self.val_loader = None
 

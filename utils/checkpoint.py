@@ -188,19 +188,21 @@ def checkpoint_iteration(path: str) -> int | None:
     return int(it) if isinstance(it, int) else None
 
 
-def free_space_warning(output_dir: str, files: int, margin: float = 1.1) -> str | None:
+def free_space_warning(output_dir: str, files: int, size: int | None = None, margin: float = 1.1) -> str | None:
     """A warning when the filesystem of the run's checkpoints has less free space than the next checkpoint
-    needs (`files` files the size of last.pth, each written whole before the old one is replaced), else None.
+    needs (`files` files the size of last.pth, or `size` bytes each before the first one exists, each written
+    whole before the old one is replaced), else None.
 
-    Called after each checkpoint, so the warning comes one checkpoint interval before the write that would
-    fail (which then ends in one `error: cannot write ...` line and loses nothing)."""
+    Called at the start and after each checkpoint, so the warning comes one checkpoint interval before the
+    write that would fail (which then ends in one `error: cannot write ...` line and loses nothing)."""
     from utils.io import free_bytes
 
     last = os.path.join(checkpoint_dir(output_dir), LAST)
     try:
         size = os.path.getsize(last)
     except OSError:
-        return None
+        if size is None:
+            return None
     free = free_bytes(last)
     need = int(size * max(int(files), 1) * margin)
     if free is None or free >= need:
