@@ -211,29 +211,48 @@ def run(cfg, args, datasets: dict) -> int:
     return run_experiment(cfg, args, datasets)
 
 
+def take_run_lock(cfg):
+    """Training, rank 0: the run folder's lock (engine.run_folder.RunLock), or RunFolderError naming the live
+    run that holds it. None for infer mode and the other ranks (they read or follow rank 0)."""
+    from engine.run_folder import RunLock
+
+    if cfg.run_mode != "train" or not is_main_rank():
+        return None
+    lock = RunLock(cfg.output_dir).acquire()
+    for warning in lock.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return lock
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from engine.run_folder import RunFolderError
     from utils.config import ConfigError
 
+    lock = None
     try:
-        cfg = load(args)
-        check_device(args)
-        check_args(cfg, args)
-        check_output(cfg, args)
-        if is_main_rank():
-            print(f"[main] config {args.config_exp} is valid")
-        datasets = open_datasets(cfg)
-        print_summary(cfg, datasets)
-    except (ConfigError, UserError, RunFolderError) as err:
-        return _report(err, EXIT_USAGE, args.debug)
-    except IncompleteInstallError as err:
-        return _report(err, 1, args.debug)
-    except KeyboardInterrupt:
-        if reports_errors():
-            print("interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr)
-        return 130
-    return run(cfg, args, datasets)
+        try:
+            cfg = load(args)
+            check_device(args)
+            check_args(cfg, args)
+            check_output(cfg, args)
+            lock = take_run_lock(cfg)
+            if is_main_rank():
+                print(f"[main] config {args.config_exp} is valid")
+            datasets = open_datasets(cfg)
+            print_summary(cfg, datasets)
+        except (ConfigError, UserError, RunFolderError) as err:
+            return _report(err, EXIT_USAGE, args.debug)
+        except IncompleteInstallError as err:
+            return _report(err, 1, args.debug)
+        except KeyboardInterrupt:
+            if reports_errors():
+                print("interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr)
+            return 130
+        return run(cfg, args, datasets)
+    finally:
+        if lock is not None:  # every exit path: done, error, stop signal, Ctrl-C, crash
+            lock.release()
 
 
 def _report(err: Exception, status: int, debug: bool) -> int:
