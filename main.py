@@ -22,6 +22,7 @@ import os
 import sys
 
 EXIT_USAGE = 2  # bad config, bad arguments, missing or broken dataset
+EXIT_STORAGE = 75  # a write refused by the storage (full disk or quota, I/O error, read-only); = engine.runner's
 
 
 class UserError(Exception):
@@ -116,11 +117,11 @@ def is_main_rank() -> bool:
 
 
 def reports_errors() -> bool:
-    """Whether this process prints a pre-run error: every rank hits the same one, so only the first
-    process of each node does (once on one node; on several nodes, also a node whose files differ)."""
-    from utils.distributed import env_local_rank
+    """Whether this process prints a pre-run error (utils.distributed.reports_shared_errors: every rank
+    hits the same one, so the first process of each node does)."""
+    from utils.distributed import reports_shared_errors
 
-    return env_local_rank() == 0
+    return reports_shared_errors()
 
 
 def check_output(cfg, args) -> None:
@@ -228,6 +229,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from engine.run_folder import RunFolderError
     from utils.config import ConfigError
+    from utils.io import StorageError
 
     lock = None
     try:
@@ -245,6 +247,9 @@ def main(argv=None) -> int:
             return _report(err, EXIT_USAGE, args.debug)
         except IncompleteInstallError as err:
             return _report(err, 1, args.debug)
+        except StorageError as err:  # the run lock on a read-only or full filesystem
+            return _report(f"{err}; nothing of the run was changed; free space (or fix the mount) and run the same "
+                           f"command again", EXIT_STORAGE, args.debug)
         except KeyboardInterrupt:
             if reports_errors():
                 print("interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr)
@@ -256,15 +261,15 @@ def main(argv=None) -> int:
 
 
 def _report(err: Exception, status: int, debug: bool) -> int:
-    """One `error:` line (the first process of each node only); the traceback too with --debug."""
-    from utils.cli import one_line
+    """One `error:` line (utils.distributed.report_error: the first process of each node); the traceback
+    too with --debug."""
+    from utils.distributed import report_error
 
-    if reports_errors():
-        if debug:
-            import traceback
+    if debug and reports_errors():
+        import traceback
 
-            traceback.print_exception(err)
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        traceback.print_exception(err)
+    report_error(err)
     return status
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from utils.io import storage_error
 from utils.plain import to_plain
 
 __all__ = ["RunFolderError", "IDENTITY_KEYS", "experiment_identity", "describe_experiment", "identity_differences",
@@ -252,7 +253,10 @@ class RunLock:
                 raise RunFolderError(f"environment variable {LOCK_WAIT_ENV}={os.environ[LOCK_WAIT_ENV]!r} is "
                                      f"not a number of seconds") from None
         deadline = time.monotonic() + max(wait, 0.0)
-        os.makedirs(self.folder, exist_ok=True)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as err:
+            raise (storage_error(err, self.path) or err) from None
         token = uuid.uuid4().hex
         started = time.time()
         record = {"host": self.host, "pid": os.getpid(), "started": _now_text(started), "started_unix": started,
@@ -277,13 +281,18 @@ class RunLock:
                     f"for it to end or stop it (kill {info.get('pid', 'PID')} on {info.get('host', 'its host')}, "
                     f"scancel its job), or pass another --output_dir. A lock not refreshed for "
                     f"{self.stale_after:.0f} s is taken over automatically") from None
+            except OSError as err:  # read-only or full filesystem
+                raise (storage_error(err, self.path) or err) from None
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     json.dump(record, f)
                     f.flush()
                     os.fsync(f.fileno())
-            except BaseException:
+            except BaseException as err:
                 self._remove_if_ours(token, force=True)
+                failed = storage_error(err, self.path) if isinstance(err, OSError) else None
+                if failed is not None:
+                    raise failed from None
                 raise
             self.token = token
             self._start_heartbeat()

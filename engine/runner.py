@@ -46,7 +46,7 @@ from utils.config import cfg_get, save_config
 from utils.devices import parse_device
 from utils.io import StorageError, storage_error
 from utils.distributed import (abandon_distributed, cleanup_distributed, elastic_store_warning, init_distributed,
-                               is_main_process)
+                               is_main_process, report_error)
 from utils.logger import close_logger, setup_logger
 from utils.seed import rank_seed, seed_everything
 
@@ -70,7 +70,7 @@ def run_experiment(cfg, args, datasets: dict) -> int:
         failed = storage_failure(err, cfg.output_dir)
         if failed is None:
             raise
-        print(f"error: {one_line(storage_message(failed, cfg))}", file=sys.stderr, flush=True)
+        report_error(storage_message(failed, cfg), same_on_all_ranks=False)
         abandon_distributed()
         return EXIT_STORAGE
     seed_everything(rank_seed(int(cfg_get(cfg, "seed", 0)), info.rank))

@@ -36,7 +36,10 @@ def one_line(message) -> str:
     return " | ".join(line for line in lines if line)
 
 
-def fail(message) -> int:
-    """Print `error: message` on one line to stderr; returns the exit status 2 for `return fail(...)`."""
-    print(f"error: {one_line(message)}", file=sys.stderr)
-    return 2
+def fail(message, status: int = 2) -> int:
+    """Print `error: message` on one line to stderr (utils.distributed.report_error: the project's one rule
+    for who prints); returns `status` (2: a user error) for `return fail(...)`."""
+    from utils.distributed import report_error
+
+    report_error(message)
+    return status

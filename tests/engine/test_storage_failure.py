@@ -62,10 +62,17 @@ def test_read_only_run_folder_at_config_yml_says_nothing_was_saved_yet(tiny_data
 def test_full_disk_for_the_metrics_json(tiny_data, tmp_path, monkeypatch, capsys):
     import engine.evaluator as ev
 
-    def json_dump(*a, **k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    import json
 
-    monkeypatch.setattr(ev.json, "dump", json_dump)
+    class FullDiskJson:  # the evaluator's json module, whose dump meets a full disk
+        def __getattr__(self, name):
+            return getattr(json, name)
+
+        @staticmethod
+        def dump(*a, **k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ev, "json", FullDiskJson())
     out = tmp_path / "run"
     line = _one_error(capsys, main_mod.main(_argv(tiny_data, out, "max_iter=2")), want=EXIT_STORAGE)
     assert "cannot write" in line and "metrics" in line and ".json: No space left on device" in line, line
@@ -87,3 +94,19 @@ def test_a_bare_oserror_of_tensorboard_names_the_tb_folder(tmp_path):
         failed = storage_failure(err, str(tmp_path))
     assert failed is not None and failed.path == str(tmp_path / "tb") and failed.errno == errno.ENOSPC
     assert storage_failure(FileNotFoundError(2, "No such file"), str(tmp_path)) is None
+
+
+def test_a_read_only_run_folder_fails_at_the_lock_before_anything_else(tiny_data, tmp_path, monkeypatch, capsys):
+    import engine.run_folder as rf
+
+    real = os.open
+
+    def ro_open(path, flags, *a, **k):
+        if str(path).endswith("run.lock") and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(rf.os, "open", ro_open)
+    out = tmp_path / "run"
+    line = _one_error(capsys, main_mod.main(_argv(tiny_data, out, "max_iter=2")), want=EXIT_STORAGE)
+    assert f"cannot write {out / 'run.lock'}: Read-only file system; nothing of the run was changed" in line, line
