@@ -165,6 +165,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _elastic_attempt() -> dict:
+    """{'torchrun_id', 'restart'} under torchrun (TORCHELASTIC_RUN_ID, TORCHELASTIC_RESTART_COUNT), else {}.
+
+    torchrun --max-restarts kills every worker and starts them again, and rank 0 may then sit on another
+    node: the lock of the earlier attempt of the same job is stale at once, without waiting for its
+    heartbeat to age."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    try:
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", ""))
+    except ValueError:
+        return {}
+    return {"torchrun_id": run_id, "restart": restart} if run_id else {}
+
+
 class RunLock:
     """One live training per run folder: `<run folder>/run.lock`, created with O_CREAT|O_EXCL and kept fresh by
     a heartbeat (its modification time is touched every HEARTBEAT_SECONDS by a daemon thread).
@@ -222,6 +236,11 @@ class RunLock:
         """Why the lock described by `info` belongs to no live run, or None when its run may be alive."""
         age = float(info.get("age", 0.0))
         host, pid = info.get("host"), info.get("pid")
+        mine = _elastic_attempt()
+        if (mine and info.get("torchrun_id") == mine["torchrun_id"]
+                and isinstance(info.get("restart"), int) and info["restart"] < mine["restart"]):
+            return (f"it is held by attempt {info['restart']} of this torchrun job, which torchrun restarted "
+                    f"(this is attempt {mine['restart']})")
         if host == self.host and isinstance(pid, int):
             if not _pid_alive(pid):
                 return f"process {pid} on this host ({host}) is gone"
@@ -260,7 +279,7 @@ class RunLock:
         token = uuid.uuid4().hex
         started = time.time()
         record = {"host": self.host, "pid": os.getpid(), "started": _now_text(started), "started_unix": started,
-                  "token": token}
+                  "token": token, **_elastic_attempt()}
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

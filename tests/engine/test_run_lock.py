@@ -141,3 +141,27 @@ def test_two_real_trainings_then_a_killed_one_is_taken_over(tiny_data, tmp_path,
     err = capsys.readouterr().err
     assert f"warning: took over the run-folder lock" in err and f"process {first.pid}" in err, err
     assert not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_of_an_earlier_torchrun_attempt_is_stale_at_once(tmp_path, monkeypatch):
+    """torchrun --max-restarts: the restarted rank 0 (maybe on another node) takes over the lock of the
+    killed attempt of the same job without waiting for its heartbeat to age."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = RunLock(str(tmp_path)).acquire()
+    first._stop.set()  # attempt 0 was killed: its heartbeat stops, its file stays
+    first.token = None
+    data = json.loads((tmp_path / LOCK_NAME).read_text())
+    data["host"] = "other-node"
+    (tmp_path / LOCK_NAME).write_text(json.dumps(data))
+    with pytest.raises(RunFolderError):  # same attempt number: a live holder
+        RunLock(str(tmp_path)).acquire()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = RunLock(str(tmp_path)).acquire()
+    assert "attempt 0 of this torchrun job" in second.warnings[0]
+    second.release()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "another-job")  # another job's lock is never taken over early
+    third = RunLock(str(tmp_path)).acquire()
+    with pytest.raises(RunFolderError):
+        RunLock(str(tmp_path)).acquire()
+    third.release()
