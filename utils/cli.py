@@ -11,9 +11,14 @@ import argparse
 import sys
 
 
-def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint."""
-    p.add_argument("--config_exp", required=True, help="the experiment config (or the run's saved config.yml)")
+def add_model_args(p: argparse.ArgumentParser, config_required: bool = True) -> argparse.ArgumentParser:
+    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint.
+
+    config_required=False: --config_exp may be left out; the program then takes the config stored in the
+    checkpoint (engine.cli.load_cli_config)."""
+    p.add_argument("--config_exp", required=config_required, default=None,
+                   help="the experiment config (or the run's saved config.yml)" + (
+                       "" if config_required else "; default: the config stored in --trained_model"))
     p.add_argument("--trained_model", required=True,
                    help="checkpoint (ours, or an original one with module. keys)")
     p.add_argument("--data_root", default=None,
