@@ -11,9 +11,22 @@ traceback (``--debug`` shows the traceback too). All these checks run before any
 run's config.yml is saved by the engine only once the model is built and its checkpoint loaded.
 The training/evaluation itself is ``run(cfg, args, datasets)``, the single place the engine plugs into.
 
-Exit statuses: 0 done; 1 a bug or a non-finite loss; 2 a user error (message says what to do);
-128 + signal number when training was stopped by SIGINT (130), SIGTERM (143) or SIGUSR1 (138) after
-saving its state (run the same command to resume).
+One live training per run folder: rank 0 takes `<run folder>/run.lock` (engine.run_folder.RunLock, an
+O_EXCL file with a heartbeat, which works on NFS/Lustre/GPFS) before anything else is written and gives
+it back on every exit path; a second training into a live run is refused (status 2) naming the holder,
+and the lock of a dead run is taken over with a warning (docs/cluster.md). --run_mode infer takes none.
+
+Exit statuses (also those of the run_/infer_ bash scripts, whose torchrun passes them on):
+    0    done
+    1    a bug (traceback) or a non-finite loss on finite data
+    2    a user error, one `error:` line saying what to do: bad config or arguments, missing or broken
+         dataset, unreadable sample or bad label values (data_errors: abort), a checkpoint that does not
+         fit or cannot be read, a run folder of another experiment or in use by a live run
+    75   the storage refused a write (full disk or quota, I/O error, read-only filesystem): `error: cannot
+         write <file>: <reason>; last.pth still holds iteration N; free space and run the same command to
+         resume` (sysexits EX_TEMPFAIL: nothing is lost, retry once fixed)
+    130, 143, 138  stopped by SIGINT, SIGTERM or SIGUSR1 (128 + signal number) after saving its state
+         (run the same command to resume)
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ building the trained model need the packages above utils: they are in engine/cli
 from __future__ import annotations
 
 import argparse
-import sys
+
+from utils.messages import one_line  # noqa: F401 - re-exported: the tools import it from here
 
 
 def add_model_args(p: argparse.ArgumentParser, config_required: bool = True) -> argparse.ArgumentParser:
@@ -32,13 +33,6 @@ def add_model_args(p: argparse.ArgumentParser, config_required: bool = True) -> 
                         "repository's .pth.tar): opening such a file runs code stored in it, so use this only "
                         "for files from a trusted source")
     return p
-
-
-def one_line(message) -> str:
-    """The message on one line (its lines joined by ' | ', runs of blanks squeezed), so that a user-facing
-    error stays one `error:` line even when a library or a reader wrote a multi-line help text."""
-    lines = (" ".join(line.split()) for line in str(message).splitlines())
-    return " | ".join(line for line in lines if line)
 
 
 def fail(message, status: int = 2) -> int:

@@ -299,7 +299,7 @@ def format_error(message, same_on_all_ranks: bool = True) -> str | None:
     reports it, naming its rank and host so the user knows where to look; torchrun then stops the others.
     A multi-line message (a library's help text) is joined into one line (utils.cli.one_line).
     """
-    from utils.cli import one_line
+    from utils.messages import one_line
 
     text = one_line(message) or "unknown error"
     if same_on_all_ranks:
