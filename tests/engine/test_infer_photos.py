@@ -132,3 +132,17 @@ def test_a_full_disk_while_writing_predictions(run_checkpoint, tmp_path, monkeyp
     status = _infer(run_checkpoint, tmp_path / "x.png", tmp_path / "o")
     line = _one_error(status, capsys.readouterr().err, want_status=75)
     assert "cannot write" in line and "No space left on device" in line and "run the same command" in line, line
+
+
+def test_a_full_disk_in_the_seism_export_is_one_line(checkpoint, tiny_data, tmp_path, monkeypatch, capsys):
+    import utils.io as io_mod
+    from tools.export_edges_for_seism import main as export_main
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io_mod.tempfile, "mkstemp", full)
+    status = export_main(["--config_exp", CONFIG, "--device", "cpu", "--data_root", tiny_data, "--trained_model",
+                          checkpoint, "--output", str(tmp_path / "x"), "--opts", *BASE_OPTS])
+    line = _one_error(status, capsys.readouterr().err, want_status=75)
+    assert f"cannot write {tmp_path / 'x' / 'edge'}" in line and "No space left on device" in line, line
