@@ -109,8 +109,10 @@ def run_experiment(cfg, args, datasets: dict) -> int:
         if failed is None:
             clean = False
             raise
-        clean = False  # only the writing rank (rank 0) hit it: the others may wait in a collective
-        _log_error(log, storage_message(failed, cfg), debug, everywhere=True)
+        # a checkpoint failure is agreed by every rank (Trainer.save); any other write is one rank's own, and
+        # the other ranks may be waiting in a collective: no barrier then
+        clean = bool(getattr(err, "agreed", False))
+        _log_error(log, storage_message(failed, cfg), debug, everywhere=not clean)
         status = EXIT_STORAGE
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         clean = False

@@ -37,9 +37,10 @@ from engine.stop import EvaluationInterrupted, StopSignals, TrainingStopped, sig
 from engine.run_folder import describe_experiment
 from engine.train_data import TrainStream
 from utils import checkpoint as ckpt_lib
-from utils.distributed import (all_gather_object, any_rank, barrier, broadcast_object, get_rank, get_world_size,
+from utils.distributed import (all_gather_object, any_rank, broadcast_object, get_rank, get_world_size,
                                is_dist_avail_and_initialized, is_main_process)
 from utils.config import cfg_get
+from utils.io import StorageError
 from utils.logger import Progress, get_logger
 from utils.optim import build_optimizer, build_scheduler, current_lr
 from utils.precision import bf16_autocast
@@ -234,7 +235,7 @@ class Trainer:
         """Rank 0 writes last.pth (+ best.pth, + iter_XXXXXX.pth at ckpt_interval, pruned to
         keep_checkpoints); every rank waits. periodic=None: decided by ckpt_interval."""
         rngs = all_gather_object(get_rng_state())
-        paths = []
+        paths, failure = [], None
         if is_main_process():
             from utils.config import config_to_dict
 
@@ -243,10 +244,16 @@ class Trainer:
                                          config=config_to_dict(self.cfg), best=self.best)
             if periodic is None:
                 periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
-            paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic,
-                                             keep=self.keep_checkpoints)
-            self._warn_free_space()
-        barrier()
+            try:
+                paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic,
+                                                 keep=self.keep_checkpoints)
+                self._warn_free_space()
+            except StorageError as err:  # full disk: every rank must leave together, not wait in a barrier
+                failure = err
+        failure = broadcast_object(failure)  # the barrier after the save, carrying rank 0's outcome
+        if failure is not None:
+            failure.agreed = True  # raised on every rank alike (engine/runner.py shuts down cleanly)
+            raise failure
         return paths
 
     def _warn_free_space(self, size: int | None = None) -> None:
