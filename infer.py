@@ -3,8 +3,11 @@
     python infer.py --config_exp runs/demo_synthetic_pascal/config.yml \
         --trained_model runs/demo_synthetic_pascal/checkpoints/best.pth --input photos/ --output preds/
 
---input: an image file, a folder of images (any sizes), or `split:val` (the dataset's val split, with ground
-truth: the metrics JSON is written too). Writes under --output:
+--input: an image file, a folder of images (any sizes; --recursive: its subfolders too, the outputs mirroring
+the input tree), or `split:val` (the dataset's val split, with ground truth: the metrics JSON is written
+too). Photos are turned upright by their EXIF orientation first, as every viewer shows them. --config_exp
+may be left out: the config stored in the checkpoint is used (given, it wins; a checkpoint trained for
+another experiment says in one line what it was trained for). Writes under --output:
     <task>/<name>.png         labels as indexed PNG with the VOC palette (pixel = class id); saliency and
                               edges as 8-bit grey; normals as RGB (n+1)/2; depth as 16-bit millimetres
     depth_color/<name>.png    depth colormap (depth tasks only)
@@ -26,7 +29,10 @@ Exit status:
     2  nothing predicted: a bad argument, config, checkpoint, --input, --output or --device; one line on
        stderr `error: <what> <which>: <reason>; <what to do>`
     3  some inputs unreadable: every readable input is written; one `error:` line on stderr lists the others
+    75 the storage refused a write (full disk or quota, I/O error, read-only): `error: cannot write <file>:
+       <reason>; ...`; no partial file is left, every file written before is complete
     1  an unexpected failure (a bug): Python's traceback
+The last log line counts the inputs: predicted, unreadable, and files skipped as not images.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import time
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_UNREADABLE = 3
+EXIT_STORAGE = 75  # the storage refused a write (as main.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None,
                    help="ensemble members N per image (default: the config's eval_samples, 1); N > 1 also "
                         "writes per-pixel uncertainty maps (docs/method.md#sample-ensembles)")
-    return add_model_args(p)
+    p.add_argument("--recursive", action="store_true",
+                   help="also predict the images in the subfolders of an --input folder; the output tree mirrors "
+                        "the input tree (<task>/<subfolder>/<name>.png)")
+    return add_model_args(p, config_required=False)
 
 
 def main(argv=None) -> int:
@@ -70,6 +80,14 @@ def main(argv=None) -> int:
     except (InferenceError, DatasetError, CheckpointError) as err:
         fail(err)
         return EXIT_USAGE
+    except OSError as err:
+        from utils.io import storage_error
+
+        failed = storage_error(err, getattr(err, "filename", None) or (args.output or cfg.output_dir))
+        if failed is None:
+            raise
+        return fail(f"{failed}; every file written before it is complete, the checkpoint is untouched; free space "
+                    f"and run the same command again", EXIT_STORAGE)
 
 
 def check_counts(args) -> None:
@@ -90,10 +108,14 @@ def check_counts(args) -> None:
 def build_inputs(cfg, args):
     """(dataset, collate, metrics sink or None, what one input is called); unreadable samples become markers."""
     from data.sample_errors import CatchSampleErrors, collate_catching
-    from engine.inference import ImageFolder, collate_images, list_images
+    from engine.inference import ImageFolder, collate_images, scan_inputs
 
     if not args.input.startswith("split:"):
-        return ImageFolder(list_images(args.input), cfg), collate_catching(collate_images), None, "images"
+        files, others = scan_inputs(args.input, recursive=bool(getattr(args, "recursive", False)))
+        root = args.input if os.path.isdir(args.input) and getattr(args, "recursive", False) else None
+        ds = ImageFolder(files, cfg, root=root)
+        ds.not_images = [os.path.relpath(f, args.input) for f in others]
+        return ds, collate_catching(collate_images), None, "images"
     from data import build_dataset, build_transforms, collate_fn
     from engine.sinks import MetricsSink
     from evaluation import build_evaluator
@@ -116,9 +138,12 @@ def run(cfg, args) -> int:
     """Check everything that can be checked, then predict batch by batch; returns the exit status."""
     from data.tasks import task_infos
     from engine.inference import input_label, output_subfolders, prepare_output_dir, resolve_device
-    from utils.logger import setup_logger
+    from engine.run_folder import describe_experiment
+    from utils.logger import get_logger, setup_logger
 
     setup_logger(None)
+    if not args.config_exp:
+        get_logger().info(f"config: the one stored in {args.trained_model} ({describe_experiment(cfg)})")
     check_counts(args)
     device = resolve_device(args.device)
     infos = task_infos(cfg.db_name, cfg.TASKS.NAMES)
@@ -171,7 +196,17 @@ def predict_all(cfg, args, model, device, ds, collate, metrics, infos, out_dir, 
                           on_unreadable=log_unreadable, **options)
     log.info(f"wrote predictions of {run.count} image(s) in {time.perf_counter() - t0:.1f}s: "
              f"{', '.join(os.path.join(out_dir, t) for t in infos)}, overviews in {overview}")
+    log.info(input_summary(ds, run.count, len(run.failed)))
     return run
+
+
+def input_summary(ds, predicted: int, unreadable: int) -> str:
+    """'inputs: 12 predicted, 1 unreadable, 3 skipped as not images (notes.txt, a.csv, ...)'."""
+    others = list(getattr(ds, "not_images", []) or [])
+    text = f"inputs: {predicted} predicted, {unreadable} unreadable, {len(others)} skipped as not images"
+    if others:
+        text += " (" + ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "") + ")"
+    return text
 
 
 def write_metrics(cfg, args, metrics, count: int, failed: list, out_dir) -> None:

@@ -11,9 +11,22 @@ traceback (``--debug`` shows the traceback too). All these checks run before any
 run's config.yml is saved by the engine only once the model is built and its checkpoint loaded.
 The training/evaluation itself is ``run(cfg, args, datasets)``, the single place the engine plugs into.
 
-Exit statuses: 0 done; 1 a bug or a non-finite loss; 2 a user error (message says what to do);
-128 + signal number when training was stopped by SIGINT (130), SIGTERM (143) or SIGUSR1 (138) after
-saving its state (run the same command to resume).
+One live training per run folder: rank 0 takes `<run folder>/run.lock` (engine.run_folder.RunLock, an
+O_EXCL file with a heartbeat, which works on NFS/Lustre/GPFS) before anything else is written and gives
+it back on every exit path; a second training into a live run is refused (status 2) naming the holder,
+and the lock of a dead run is taken over with a warning (docs/cluster.md). --run_mode infer takes none.
+
+Exit statuses (also those of the run_/infer_ bash scripts, whose torchrun passes them on):
+    0    done
+    1    a bug (traceback) or a non-finite loss on finite data
+    2    a user error, one `error:` line saying what to do: bad config or arguments, missing or broken
+         dataset, unreadable sample or bad label values (data_errors: abort), a checkpoint that does not
+         fit or cannot be read, a run folder of another experiment or in use by a live run
+    75   the storage refused a write (full disk or quota, I/O error, read-only filesystem): `error: cannot
+         write <file>: <reason>; last.pth still holds iteration N; free space and run the same command to
+         resume` (sysexits EX_TEMPFAIL: nothing is lost, retry once fixed)
+    130, 143, 138  stopped by SIGINT, SIGTERM or SIGUSR1 (128 + signal number) after saving its state
+         (run the same command to resume)
 """
 from __future__ import annotations
 
@@ -22,6 +35,7 @@ import os
 import sys
 
 EXIT_USAGE = 2  # bad config, bad arguments, missing or broken dataset
+EXIT_STORAGE = 75  # a write refused by the storage (full disk or quota, I/O error, read-only); = engine.runner's
 
 
 class UserError(Exception):
@@ -79,7 +93,7 @@ def load(args: argparse.Namespace):
 
 def check_args(cfg, args) -> None:
     """Checks that need both the config and the command line, before anything expensive."""
-    from utils.checkpoint import BEST, CKPT_DIR, last_checkpoint
+    from utils.checkpoint import BEST, CKPT_DIR, resume_candidates
 
     if args.run_mode == "infer" and not args.trained_model:
         raise UserError("--run_mode infer needs --trained_model PATH (a checkpoint written by training, e.g. "
@@ -88,7 +102,7 @@ def check_args(cfg, args) -> None:
         raise UserError(f"--trained_model {args.trained_model}: no such file.")
     w = cfg.backbone_weights
     fresh_training = (args.run_mode == "train" and not args.trained_model
-                      and last_checkpoint(cfg.output_dir) is None)
+                      and not resume_candidates(cfg.output_dir))
     if fresh_training and w not in (None, "timm") and not os.path.isfile(w):
         tag = weights_tag(cfg)
         raise UserError(
@@ -116,11 +130,11 @@ def is_main_rank() -> bool:
 
 
 def reports_errors() -> bool:
-    """Whether this process prints a pre-run error: every rank hits the same one, so only the first
-    process of each node does (once on one node; on several nodes, also a node whose files differ)."""
-    from utils.distributed import env_local_rank
+    """Whether this process prints a pre-run error (utils.distributed.reports_shared_errors: every rank
+    hits the same one, so the first process of each node does)."""
+    from utils.distributed import reports_shared_errors
 
-    return env_local_rank() == 0
+    return reports_shared_errors()
 
 
 def check_output(cfg, args) -> None:
@@ -211,41 +225,64 @@ def run(cfg, args, datasets: dict) -> int:
     return run_experiment(cfg, args, datasets)
 
 
+def take_run_lock(cfg):
+    """Training, rank 0: the run folder's lock (engine.run_folder.RunLock), or RunFolderError naming the live
+    run that holds it. None for infer mode and the other ranks (they read or follow rank 0)."""
+    from engine.run_folder import RunLock
+
+    if cfg.run_mode != "train" or not is_main_rank():
+        return None
+    lock = RunLock(cfg.output_dir).acquire()
+    for warning in lock.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return lock
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from engine.run_folder import RunFolderError
     from utils.config import ConfigError
+    from utils.io import StorageError
 
+    lock = None
     try:
-        cfg = load(args)
-        check_device(args)
-        check_args(cfg, args)
-        check_output(cfg, args)
-        if is_main_rank():
-            print(f"[main] config {args.config_exp} is valid")
-        datasets = open_datasets(cfg)
-        print_summary(cfg, datasets)
-    except (ConfigError, UserError, RunFolderError) as err:
-        return _report(err, EXIT_USAGE, args.debug)
-    except IncompleteInstallError as err:
-        return _report(err, 1, args.debug)
-    except KeyboardInterrupt:
-        if reports_errors():
-            print("interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr)
-        return 130
-    return run(cfg, args, datasets)
+        try:
+            cfg = load(args)
+            check_device(args)
+            check_args(cfg, args)
+            check_output(cfg, args)
+            lock = take_run_lock(cfg)
+            if is_main_rank():
+                print(f"[main] config {args.config_exp} is valid")
+            datasets = open_datasets(cfg)
+            print_summary(cfg, datasets)
+        except (ConfigError, UserError, RunFolderError) as err:
+            return _report(err, EXIT_USAGE, args.debug)
+        except IncompleteInstallError as err:
+            return _report(err, 1, args.debug)
+        except StorageError as err:  # the run lock on a read-only or full filesystem
+            return _report(f"{err}; nothing of the run was changed; free space (or fix the mount) and run the same "
+                           f"command again", EXIT_STORAGE, args.debug)
+        except KeyboardInterrupt:
+            if reports_errors():
+                print("interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr)
+            return 130
+        return run(cfg, args, datasets)
+    finally:
+        if lock is not None:  # every exit path: done, error, stop signal, Ctrl-C, crash
+            lock.release()
 
 
 def _report(err: Exception, status: int, debug: bool) -> int:
-    """One `error:` line (the first process of each node only); the traceback too with --debug."""
-    from utils.cli import one_line
+    """One `error:` line (utils.distributed.report_error: the first process of each node); the traceback
+    too with --debug."""
+    from utils.distributed import report_error
 
-    if reports_errors():
-        if debug:
-            import traceback
+    if debug and reports_errors():
+        import traceback
 
-            traceback.print_exception(err)
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        traceback.print_exception(err)
+    report_error(err)
     return status
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
+from .common import recording_files
 from .errors import DatasetError
-from .tasks import available_tasks
+from .tasks import available_tasks, task_info
 
 
 class MultiTaskDataset(Dataset):
@@ -77,7 +78,21 @@ class MultiTaskDataset(Dataset):
 
     def read_label(self, task: str, sid: str, hw) -> np.ndarray:
         """A task's label of one sample: the registered loader's (checked and made H×W×C float32), else
-        the reader's own `load_label`."""
+        the reader's own `load_label`; its values checked by the task (`Task.check_label`: finite, class ids
+        in range), a refused value raised as DatasetError naming the file and the sample, like an
+        unreadable file (stop with one line, or skipped and counted under data_errors: skip)."""
+        with recording_files() as files:
+            label = self._read_label(task, sid, hw)
+        problem = task_info(self.db_name, task).check_label(label)
+        if problem:
+            where = f"{files[0]} " if files else ""
+            raise DatasetError(
+                f"bad {task} label values in {where}(sample {sid!r}): {problem}. Fix or regenerate that file, or "
+                f"leave such samples out with --opts data_errors=skip; `python -m data.verify --deep` checks every "
+                f"file")
+        return label
+
+    def _read_label(self, task: str, sid: str, hw) -> np.ndarray:
         fn = self.label_loader(task)
         if fn is None:
             return self.load_label(task, sid, hw)

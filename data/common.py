@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,30 @@ def check_files_exist(db_name: str, folder: Path, ids, suffix: str, what: str) -
         )
 
 
+_LABEL_FILES = threading.local()
+
+
+@contextmanager
+def recording_files():
+    """Collect the paths the readers below open (in this thread) while the block runs: the generic sample
+    reader (data/base.py) names the file of a label whose values it refuses, for every dataset and plug-in
+    loader, without asking each reader for its paths. Yields the list (first file first)."""
+    outer = getattr(_LABEL_FILES, "files", None)
+    _LABEL_FILES.files = files = []
+    try:
+        yield files
+    finally:
+        _LABEL_FILES.files = outer
+        if outer is not None:
+            outer.extend(files)
+
+
+def _note(path) -> None:
+    files = getattr(_LABEL_FILES, "files", None)
+    if files is not None:
+        files.append(str(path))
+
+
 def _fail(path, sample_id, err) -> DatasetError:
     return DatasetError(f"cannot read {path} (sample {sample_id!r}): {type(err).__name__}: {err}")
 
@@ -116,6 +141,7 @@ def read_rgb(path, sample_id) -> np.ndarray:
 
 def read_png_raw(path, sample_id) -> np.ndarray:
     """The stored values of a PNG (palette indices for palette PNGs, not colours)."""
+    _note(path)
     from PIL import Image
 
     try:
@@ -150,6 +176,7 @@ def decode_normals(rgb: np.ndarray) -> np.ndarray:
 
 def load_mat(path, sample_id, key: str | None = None):
     """A MATLAB file (scipy.io.loadmat); with `key` the named variable, failing clearly when absent."""
+    _note(path)
     import scipy.io as sio
 
     try:
@@ -165,6 +192,7 @@ def load_mat(path, sample_id, key: str | None = None):
 
 
 def load_npy(path, sample_id) -> np.ndarray:
+    _note(path)
     try:
         return np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001
@@ -185,6 +213,7 @@ def fit_to_image(label: np.ndarray, image_hw, path, sample_id, cubic: bool = Fal
     """
     import cv2
 
+    _note(path)
     h, w = int(image_hw[0]), int(image_hw[1])
     lh, lw = label.shape[:2]
     if (lh, lw) == (h, w):

@@ -250,6 +250,31 @@ class Task:
         """The folders `write` fills under the output folder."""
         return [self.name] + ([f"{self.name}_color"] if self.sample_rule[0] == "clamp" else [])
 
+    # ---- input: which label values are allowed ----------------------------------------------------------
+    def check_label(self, label) -> str | None:
+        """What is wrong with one sample's label array as read (H×W or H×W×C), or None when every value is
+        allowed: finite (no NaN/Inf: a NaN depth pixel would make the loss NaN at once) and, for discrete
+        tasks, a class id 0..num_classes-1 or the ignore value. Called by the generic sample reader
+        (data/base.py) for every dataset, so a bad value is reported like an unreadable file, with the file
+        and sample named, instead of as a non-finite loss; a subclass may add its own rules."""
+        import numpy as np
+
+        a = np.asarray(label)
+        if a.dtype.kind == "f":
+            bad = ~np.isfinite(a)
+            if bad.any():
+                kinds = [k for k, m in (("NaN", np.isnan(a)), ("+Inf", np.isposinf(a)), ("-Inf", np.isneginf(a)))
+                         if m.any()]
+                return f"{int(bad.sum())} non-finite value(s) ({', '.join(kinds)})"
+        if self.is_discrete and self.num_classes > 0:
+            ok = (a == self.ignore_value) | ((a >= 0) & (a < self.num_classes) & (a == np.floor(a)))
+            if not ok.all():
+                values = np.unique(a[~ok])
+                shown = ", ".join(f"{v:g}" for v in values[:5].tolist()) + (", ..." if len(values) > 5 else "")
+                return (f"{int((~ok).sum())} pixel(s) with value(s) {shown} outside its class ids "
+                        f"0..{self.num_classes - 1} and the ignore value {self.ignore_value:g}")
+        return None
+
 
 TaskInfo = Task  # the earlier name, kept for code and checkpoints' users that import it
 

@@ -32,8 +32,9 @@ from torch.utils.data import Dataset
 from data.sample_errors import FailedSample
 from utils.cli import one_line
 from utils.devices import DeviceError, pick_device
+from utils.io import storage_error
 
-__all__ = ["IMAGE_EXTENSIONS", "InferenceError", "list_images", "ImageFolder", "collate_images", "input_label",
+__all__ = ["IMAGE_EXTENSIONS", "InferenceError", "list_images", "scan_inputs", "ImageFolder", "collate_images", "input_label",
            "failure_summary", "fit_size", "output_subfolders", "prepare_output_dir", "resolve_device", "one_line",
            "GuardWrites"]
 
@@ -49,28 +50,57 @@ class InferenceError(ValueError):
 
 # --- inputs ------------------------------------------------------------------------------------------------
 
-def list_images(path: str) -> list:
-    """An image file, or the image files directly inside a folder (sorted); InferenceError otherwise."""
+def list_images(path: str, recursive: bool = False) -> list:
+    """An image file, or the image files inside a folder (sorted; with `recursive` also in its subfolders,
+    sorted by relative path); InferenceError otherwise. See scan_inputs for the files left out."""
+    return scan_inputs(path, recursive)[0]
+
+
+def scan_inputs(path: str, recursive: bool = False) -> tuple:
+    """(image files, other files) of --input: the files whose names are not images are left out and returned
+    so the job's summary can count them. Hidden files and folders (.DS_Store, .git/) are not looked at."""
     what = f"input --input {path}"
     if os.path.isfile(path):
         if not path.lower().endswith(IMAGE_EXTENSIONS):
             raise InferenceError(f"{what}: not an image file name; give a file ending in one of "
                                  f"{', '.join(IMAGE_EXTENSIONS)}, a folder of images, or split:val")
-        return [path]
+        return [path], []
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        found = []
+        if recursive:
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.extend(os.path.join(folder, n) for n in names)
+        else:
+            found = [os.path.join(path, n) for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
+        found = sorted((f for f in found if not os.path.basename(f).startswith(".")),
+                       key=lambda f: os.path.relpath(f, path))
+        files = [f for f in found if f.lower().endswith(IMAGE_EXTENSIONS)]
+        others = [f for f in found if not f.lower().endswith(IMAGE_EXTENSIONS)]
         if not files:
-            raise InferenceError(f"{what}: the folder holds no image files; put images ending in "
+            sub = [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")]
+            hint = "; it has subfolders: add --recursive to predict the images in them" if sub and not recursive else ""
+            raise InferenceError(f"{what}: the folder holds no image files{hint}; put images ending in "
                                  f"{', '.join(IMAGE_EXTENSIONS)} in it or give another folder")
-        return files
+        return files, others
     raise InferenceError(f"{what}: no such file or folder; give an image, a folder of images, or split:val")
 
 
-def _unique_names(files) -> list:
-    """Output names: the file stem, or the whole file name when two inputs share a stem (a.jpg, a.png)."""
-    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+def _unique_names(files, root: str | None = None) -> list:
+    """Output names: the file stem, or the whole file name when two inputs share a stem (a.jpg, a.png);
+    relative to `root` (its subfolders kept, '/'-separated) when given, so the outputs mirror the input tree."""
+    def stem(f):
+        rel = os.path.relpath(f, root) if root else os.path.basename(f)
+        return os.path.splitext(rel)[0]
+
+    stems = [stem(f) for f in files]
     dup = {s for s in stems if stems.count(s) > 1}
-    return [os.path.basename(f).replace(".", "_") if s in dup else s for f, s in zip(files, stems)]
+    out = []
+    for f, s in zip(files, stems):
+        if s in dup:
+            s = os.path.join(os.path.dirname(s), os.path.basename(f).replace(".", "_"))
+        out.append(s.replace(os.sep, "/"))
+    return out
 
 
 def fit_size(hw, limit) -> tuple:
@@ -90,11 +120,13 @@ def _read_reason(err: Exception, path: str) -> str:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """float32 H×W×3 in 0..255 from any image PIL can decode (raises what the decoder raises)."""
-    from PIL import Image
+    """float32 H×W×3 in 0..255 from any image PIL can decode (raises what the decoder raises), turned upright
+    as its EXIF orientation tag says: a phone stores a portrait photo as landscape pixels plus tag 6 and
+    every viewer rotates it, so predictions, their PNGs and the overview must use the rotated pixels too."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.float32)
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.float32)
 
 
 class ImageFolder(Dataset):
@@ -104,10 +136,10 @@ class ImageFolder(Dataset):
     instead of an exception, so one bad file does not cost the rest of its batch.
     """
 
-    def __init__(self, files, cfg):
+    def __init__(self, files, cfg, root: str | None = None):
         from data import build_transforms
 
-        self.files, self.names = list(files), _unique_names(files)
+        self.files, self.names = list(files), _unique_names(files, root)
         self.scale = tuple(int(s) for s in cfg.TEST.SCALE)
         self.transform = build_transforms(cfg, "val")
 
@@ -115,8 +147,9 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def label(self, i: int) -> str:
-        """How the end-of-job summary names input i: its file name."""
-        return os.path.basename(self.files[i])
+        """How the end-of-job summary names input i: its file name (with its subfolder under --recursive)."""
+        return os.path.basename(self.files[i]) if "/" not in self.names[i] else os.path.join(
+            os.path.dirname(self.names[i]), os.path.basename(self.files[i]))
 
     def __getitem__(self, i):
         import cv2
@@ -219,8 +252,9 @@ def prepare_output_dir(path: str, subfolders=()) -> str:
 # --- outputs ---------------------------------------------------------------------------------------------
 
 class GuardWrites:
-    """A sink wrapping infer.py's writing sinks: a failed write (disk full, folder removed) becomes the
-    one-line InferenceError about --output instead of a traceback."""
+    """A sink wrapping infer.py's writing sinks: a storage failure (disk full, quota, I/O error, read-only)
+    is a utils.io.StorageError naming the file (infer.py: one line, exit status 75); another failed write
+    (the folder was removed) the one-line InferenceError about --output instead of a traceback."""
 
     def __init__(self, sinks, out_dir: str):
         self.sinks, self.out_dir = list(sinks), out_dir
@@ -230,5 +264,8 @@ class GuardWrites:
             for sink in self.sinks:
                 sink.add(done)
         except OSError as err:
+            failed = storage_error(err, getattr(err, "filename", None) or self.out_dir)
+            if failed is not None:  # full disk, quota, I/O error, read-only: `cannot write <file>: <reason>`
+                raise failed from None
             raise InferenceError(f"output folder {self.out_dir}: writing the predictions failed "
                                  f"({err.strerror or err}); free disk space or pass another --output") from None

@@ -18,12 +18,20 @@ that fails its checks leaves an existing run folder's config.yml untouched. Erro
 (unreadable sample, checkpoint that does not fit) end in one `error:` line on the console and in
 log.txt, printed by rank 0 once, with exit status 2; a stop signal ends with the stop line and status
 128 + signal (engine/stop.py); a second Ctrl-C exits at once (130) with the resume hint.
+
+A storage failure (full disk or quota, I/O error, read-only filesystem) during any write of the run
+(checkpoint, config.yml, metrics JSON, prediction PNGs, TensorBoard events, train_log.jsonl) ends in
+`error: cannot write <file>: <reason>; last.pth still holds iteration N; free space and run the same
+command to resume` with exit status 75 (EX_TEMPFAIL: retry once the cause is fixed), no traceback. Every
+write is atomic (utils/io.py), so no partial file is left and the previous file of that name is intact.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
+import sys
+import threading
 import time
 
 import torch
@@ -36,17 +44,19 @@ from models.backbones import BackboneError
 from utils.cli import one_line
 from utils.config import cfg_get, save_config
 from utils.devices import parse_device
+from utils.io import StorageError, storage_error
 from utils.distributed import (abandon_distributed, cleanup_distributed, elastic_store_warning, init_distributed,
-                               is_main_process)
+                               is_main_process, report_error)
 from utils.logger import close_logger, setup_logger
 from utils.seed import rank_seed, seed_everything
 
-__all__ = ["run_experiment", "summary_lines"]
+__all__ = ["run_experiment", "summary_lines", "storage_failure", "storage_message", "EXIT_STORAGE"]
 
 
 EXIT_USER = 2
 EXIT_BUG_OR_NONFINITE = 1
 EXIT_INTERRUPTED = 130
+EXIT_STORAGE = 75  # sysexits EX_TEMPFAIL: the storage refused a write; nothing lost, rerun once fixed
 
 
 def run_experiment(cfg, args, datasets: dict) -> int:
@@ -54,7 +64,15 @@ def run_experiment(cfg, args, datasets: dict) -> int:
 
     info = init_distributed(device=_forced_device(getattr(args, "device", None)),
                             timeout_minutes=float(cfg_get(cfg, "dist_timeout_minutes", 30.0)))
-    log = setup_logger(cfg.output_dir, info.rank)
+    try:
+        log = setup_logger(cfg.output_dir, info.rank)
+    except OSError as err:  # the run folder cannot even hold log.txt
+        failed = storage_failure(err, cfg.output_dir)
+        if failed is None:
+            raise
+        report_error(storage_message(failed, cfg), same_on_all_ranks=False)
+        abandon_distributed()
+        return EXIT_STORAGE
     seed_everything(rank_seed(int(cfg_get(cfg, "seed", 0)), info.rank))
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -69,6 +87,8 @@ def run_experiment(cfg, args, datasets: dict) -> int:
     status = 0
     clean = True
     debug = bool(getattr(args, "debug", False))
+    previous_hook = threading.excepthook
+    threading.excepthook = _quiet_storage_threads(previous_hook)
     try:
         if cfg.run_mode == "train":
             _train(cfg, args, datasets, info, log)
@@ -84,6 +104,16 @@ def run_experiment(cfg, args, datasets: dict) -> int:
     except NonFiniteLossError as err:
         _log_error(log, err, debug)
         status = EXIT_BUG_OR_NONFINITE
+    except OSError as err:
+        failed = storage_failure(err, cfg.output_dir)
+        if failed is None:
+            clean = False
+            raise
+        # a checkpoint failure is agreed by every rank (Trainer.save); any other write is one rank's own, and
+        # the other ranks may be waiting in a collective: no barrier then
+        clean = bool(getattr(err, "agreed", False))
+        _log_error(log, storage_message(failed, cfg), debug, everywhere=not clean)
+        status = EXIT_STORAGE
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         clean = False
         last = ckpt_lib.last_checkpoint(cfg.output_dir)
@@ -100,13 +130,52 @@ def run_experiment(cfg, args, datasets: dict) -> int:
         else:
             abandon_distributed()
         close_logger()
+        threading.excepthook = previous_hook
     return status
 
 
-def _log_error(log, err: Exception, debug: bool) -> None:
-    """The one-line `error:` report (console and log.txt), from rank 0 only: the ranks raised it alike."""
-    if is_main_process():
-        if debug:
+def storage_failure(err: BaseException, output_dir: str) -> StorageError | None:
+    """`err` as a StorageError naming the file, when the storage caused it (else None). Writers that bypass
+    utils.io.atomic_write raise a bare OSError: its file name, or the TensorBoard folder when TensorBoard's
+    writer raised it, or the run folder stands in."""
+    failed = storage_error(err, getattr(err, "filename", None) or output_dir)
+    if failed is None or isinstance(err, StorageError) or getattr(err, "filename", None):
+        return failed
+    tb = err.__traceback__
+    while tb is not None:
+        if f"{os.sep}tensorboard{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return StorageError(os.path.join(output_dir, "tb"), failed.errno)
+        tb = tb.tb_next
+    return failed
+
+
+def storage_message(err: StorageError, cfg) -> str:
+    """'cannot write F: R; last.pth still holds iteration N; free space and run the same command to resume'."""
+    if getattr(cfg, "run_mode", "train") != "train":
+        return f"{err}; no checkpoint was changed; free space and run the same command again"
+    last = ckpt_lib.last_checkpoint(cfg.output_dir)
+    it = ckpt_lib.checkpoint_iteration(last) if last else None
+    held = (f"{ckpt_lib.LAST} still holds iteration {it}" if it is not None
+            else "no checkpoint of this run was written yet")
+    return f"{err}; {held}; free space and run the same command to resume"
+
+
+def _quiet_storage_threads(previous):
+    """threading.excepthook that keeps quiet about storage failures of background writers (TensorBoard's
+    event writer thread): the main thread meets the same error at its next write and reports it in one line."""
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and storage_error(args.exc_value, ".") is not None:
+            return
+        previous(args)
+
+    return hook
+
+
+def _log_error(log, err, debug: bool, everywhere: bool = False) -> None:
+    """The one-line `error:` report (console and log.txt), from rank 0 only: the ranks raised it alike.
+    everywhere: an error of this rank only (printed by whichever rank hit it)."""
+    if everywhere or is_main_process():
+        if debug and isinstance(err, BaseException):
             log.exception(f"error: {err}")
         else:
             log.error(f"error: {one_line(err)}")
@@ -268,7 +337,6 @@ def summary_lines(cfg, payload, checkpoint: str | None = None) -> str:
 def _tensorboard_command() -> str:
     """How to start TensorBoard from here: the executable next to this Python (e.g. `.venv/bin/tensorboard`,
     relative when under the current folder), or plain `tensorboard` when there is none."""
-    import sys
 
     exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     if not os.path.isfile(exe):

@@ -37,9 +37,10 @@ from engine.stop import EvaluationInterrupted, StopSignals, TrainingStopped, sig
 from engine.run_folder import describe_experiment
 from engine.train_data import TrainStream
 from utils import checkpoint as ckpt_lib
-from utils.distributed import (all_gather_object, any_rank, barrier, broadcast_object, get_rank, get_world_size,
+from utils.distributed import (all_gather_object, any_rank, broadcast_object, get_rank, get_world_size,
                                is_dist_avail_and_initialized, is_main_process)
 from utils.config import cfg_get
+from utils.io import StorageError
 from utils.logger import Progress, get_logger
 from utils.optim import build_optimizer, build_scheduler, current_lr
 from utils.precision import bf16_autocast
@@ -127,9 +128,13 @@ class Trainer:
         if is_main_process():  # partial files of a save that was killed mid-write
             for path in ckpt_lib.remove_stale_temporaries(self.output_dir):
                 self.log.info(f"removed {path} (an incomplete checkpoint write of an earlier run)")
-        last = ckpt_lib.last_checkpoint(self.output_dir) if resume else None
+        last, last_ck = None, None
+        if resume:  # the newest checkpoint that loads (a damaged last.pth is set aside with a warning)
+            last, last_ck, notes = ckpt_lib.choose_resume_checkpoint(self.output_dir, trusted=self.trust_checkpoint)
+            for note in notes if is_main_process() else ():
+                self.log.warning(note)
         if last:
-            self._resume(last)
+            self._resume(last, last_ck)
             if init_weights:
                 self.log.warning(f"--trained_model {init_weights} is ignored: resuming the run in {self.output_dir} "
                                  f"(use another --output_dir to start from those weights)")
@@ -138,6 +143,8 @@ class Trainer:
             self._fit(ckpt, init_weights, "--trained_model")
             self.log.info(f"initialised the weights from {init_weights} (fresh optimizer and schedule)")
 
+        if is_main_process():  # before the first save: the weights and two Adam moments per parameter
+            self._warn_free_space(size=3 * sum(p.numel() * p.element_size() for p in self.model.parameters()))
         self.train_model = self._wrap(self.model)
         self.tb = None
         if tensorboard and is_main_process():
@@ -198,9 +205,9 @@ class Trainer:
                 f"{how} {path}: {describe_experiment(ck.get('config'))} does not fit the requested "
                 f"{describe_experiment(self.cfg)}: {err}") from None
 
-    def _resume(self, path: str) -> None:
+    def _resume(self, path: str, ck: dict | None = None) -> None:
         how = "auto-resume from the run folder's last checkpoint"
-        ck = self._load(path, how)
+        ck = self._load(path, how) if ck is None else ck
         self._fit(ck, path, how + (" (move the folder away or pass another --output_dir to start a new run)"))
         if ck.get("optimizer") is not None:
             self.optimizer.load_state_dict(ck["optimizer"])
@@ -228,7 +235,7 @@ class Trainer:
         """Rank 0 writes last.pth (+ best.pth, + iter_XXXXXX.pth at ckpt_interval, pruned to
         keep_checkpoints); every rank waits. periodic=None: decided by ckpt_interval."""
         rngs = all_gather_object(get_rng_state())
-        paths = []
+        paths, failure = [], None
         if is_main_process():
             from utils.config import config_to_dict
 
@@ -237,10 +244,24 @@ class Trainer:
                                          config=config_to_dict(self.cfg), best=self.best)
             if periodic is None:
                 periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
-            paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic,
-                                             keep=self.keep_checkpoints)
-        barrier()
+            try:
+                paths = ckpt_lib.save_checkpoint(state, self.output_dir, is_best=is_best, periodic=periodic,
+                                                 keep=self.keep_checkpoints)
+                self._warn_free_space()
+            except StorageError as err:  # full disk: every rank must leave together, not wait in a barrier
+                failure = err
+        failure = broadcast_object(failure)  # the barrier after the save, carrying rank 0's outcome
+        if failure is not None:
+            failure.agreed = True  # raised on every rank alike (engine/runner.py shuts down cleanly)
+            raise failure
         return paths
+
+    def _warn_free_space(self, size: int | None = None) -> None:
+        """Rank 0: warn when the next checkpoint (last.pth, + a periodic copy, + best.pth) will not fit."""
+        files = 1 + bool(self.ckpt_interval) + (self.val_set is not None)
+        warning = ckpt_lib.free_space_warning(self.output_dir, files, size=size)
+        if warning:
+            self.log.warning(warning)
 
     # ----------------------------------------------------------------------------- one step
     def _step_batch(self, batch: dict):
@@ -605,8 +626,11 @@ class Trainer:
     def close(self) -> None:
         """Release the DDP wrapper and TensorBoard writer (before the process group is destroyed)."""
         if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+            tb, self.tb = self.tb, None
+            try:
+                tb.close()
+            except OSError:  # a full disk refuses the last events: the run reports the failed write itself
+                pass
         self.train_model = None
         self.val_loader = None
 

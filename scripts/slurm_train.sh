@@ -109,12 +109,17 @@ trap on_terminate TERM
 # ---- launch -------------------------------------------------------------------------------------
 log "job $SLURM_JOB_ID (requeued ${SLURM_RESTART_COUNT:-0} time(s)): $NNODES node(s) x $GPUS_PER_NODE process(es)," \
     "rendezvous $MASTER_ADDR:$MASTER_PORT, config $CONFIG"
-log "$PY -m torch.distributed.run ... main.py ${ARGS[*]} $*"
+log "$PY scripts/torchrun.py ... main.py ${ARGS[*]} $*"
 # --signals_to_handle: torchrun's default (SIGTERM,SIGINT,SIGHUP,SIGQUIT) plus SIGUSR1, so that the
 #   agent survives SIGUSR1 and passes it on to its workers instead of dying on it (the default action).
 # --shutdown_timeout: after a stop signal the agent waits this long for its workers before SIGKILL.
+# scripts/torchrun.py is torchrun whose report of a worker's user error (status 2), storage failure (75) or
+#   graceful stop (128 + signal) is main.py's one line and that status, without torchrun's traceback.
+# TASKDIFFUSION_LOCK_WAIT: a requeued job may start while the previous one still saves (or, after a node
+#   failure, before its run-folder lock goes stale): wait for that lock instead of failing at once.
+export TASKDIFFUSION_LOCK_WAIT=${TASKDIFFUSION_LOCK_WAIT:-420}
 srun --ntasks-per-node=1 \
-  "$PY" -m torch.distributed.run \
+  "$PY" scripts/torchrun.py \
     --nnodes="$NNODES" \
     --nproc_per_node="$GPUS_PER_NODE" \
     --rdzv_backend=c10d \

@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     from engine.cli import load_cli_config, load_trained_model
     from utils.cli import fail
     from utils.devices import DeviceError, pick_device
+    from utils.io import StorageError
     from utils.precision import bf16_autocast
 
     cfg = load_cli_config(args)
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
                         advice="fix or remove the file and export again: SEISM needs every image")
     except DatasetError as err:
         return fail(err)
+    except StorageError as err:  # full disk, quota, I/O error, read-only: the PNGs written so far are complete
+        return fail(f"{err}; free space and run the same command again", 75)
     written = sink.written
     expected = dataset_spec(cfg.db_name).split_sizes.get("val")  # the release size the wrapper asserts
     note = "" if expected in (None, written) or args.split != "val" else \

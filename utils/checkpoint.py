@@ -41,7 +41,8 @@ from utils.plain import to_plain
 __all__ = ["CKPT_DIR", "LAST", "BEST", "FORMAT_VERSION", "unwrap_model", "atomic_torch_save", "checkpoint_dir",
            "last_checkpoint", "periodic_name", "build_state", "save_checkpoint", "load_checkpoint",
            "extract_model_state", "load_model_weights", "prune_periodic", "remove_stale_temporaries",
-           "CheckpointError"]
+           "CheckpointError", "UnreadableCheckpointError", "resume_candidates", "choose_resume_checkpoint",
+           "set_aside", "checkpoint_iteration", "free_space_warning"]
 
 CKPT_DIR = "checkpoints"
 LAST = "last.pth"
@@ -53,6 +54,11 @@ COMPILE_PREFIX = "_orig_mod."
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message says which and what to do."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """The file is damaged (truncated, not a torch file): unlike a file that needs --trust_checkpoint or does
+    not fit the model, an older checkpoint of the same run may stand in for it (choose_resume_checkpoint)."""
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -76,6 +82,144 @@ def last_checkpoint(output_dir: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def resume_candidates(output_dir: str) -> list:
+    """The files a training resume may start from, in the order they are tried: last.pth, then the periodic
+    iter_XXXXXX.pth copies newest first. best.pth is never among them: it may lie behind last.pth and
+    resuming from it would silently retrain (and re-log) iterations; start from it with --trained_model."""
+    folder = checkpoint_dir(output_dir)
+    out = []
+    last = os.path.join(folder, LAST)
+    if os.path.isfile(last):
+        out.append(last)
+    if os.path.isdir(folder):
+        periodic = []
+        for name in os.listdir(folder):
+            m = _PERIODIC_RE.match(name)
+            if m and os.path.isfile(os.path.join(folder, name)):
+                periodic.append((int(m.group(1)), name))
+        out.extend(os.path.join(folder, name) for _, name in sorted(periodic, reverse=True))
+    return out
+
+
+def set_aside(path: str, stamp: str | None = None) -> str:
+    """Rename an unreadable checkpoint to `<name>.unreadable-<YYYYmmdd-HHMMSS>` in its folder (kept for
+    inspection, never deleted; the name matches no pattern that resume or pruning looks at). Returns it."""
+    import time
+
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    target = f"{path}.unreadable-{stamp}"
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{path}.unreadable-{stamp}-{n}"
+    os.replace(path, target)
+    return target
+
+
+def _readable(path: str, trusted: bool) -> dict:
+    """The loaded checkpoint when it holds a model state dict; UnreadableCheckpointError otherwise."""
+    ck = load_checkpoint(path, trusted=trusted)
+    try:
+        extract_state_dict(ck)
+    except CheckpointError as err:
+        raise UnreadableCheckpointError(f"{path}: {err}") from None
+    return ck
+
+
+def choose_resume_checkpoint(output_dir: str, trusted: bool = False) -> tuple:
+    """(path, checkpoint dict, warnings) of the newest checkpoint of the run that loads; (None, None, []) for a
+    run folder without any.
+
+    Tried in `resume_candidates` order. A damaged file (truncated by a crash of the storage, a copy that was
+    cut short) is skipped: it is renamed aside (set_aside) so the next save cannot be confused with it, and
+    a warning names it and the iteration the run resumes from. A file that loads but needs
+    --trust_checkpoint is not damaged: that error is raised as it is. When no candidate loads the error
+    names every candidate and why.
+
+    Rank 0 decides and renames; every rank then loads the file rank 0 chose (utils.distributed.
+    broadcast_object), so all ranks resume from the same iteration even when their views of the folder
+    differ. Call it on every rank at the same point (a collective)."""
+    from utils.distributed import broadcast_object, is_main_process
+
+    chosen, ck, notes, failures, fatal = None, None, [], [], None
+    if is_main_process():
+        for path in resume_candidates(output_dir):
+            try:
+                ck = _readable(path, trusted)
+            except UnreadableCheckpointError as err:
+                failures.append((path, str(err)))
+                continue
+            except CheckpointError as err:  # loads, but not without --trust_checkpoint: not damaged
+                fatal = str(err)
+            chosen = path
+            break
+        if chosen is not None and failures:
+            moved = []
+            for path, _ in failures:
+                try:
+                    moved.append(f"{path} (renamed to {os.path.basename(set_aside(path))})")
+                except OSError as err:
+                    moved.append(f"{path} (could not be renamed aside: {err.strerror or err})")
+            notes.append(f"unreadable checkpoint(s) {', '.join(moved)}; resuming from {chosen} at iteration "
+                         f"{int(ck.get('iteration', 0) or 0)}")
+    chosen, failures, fatal = broadcast_object((chosen, failures, fatal))
+    if fatal is not None:  # every rank raises it alike
+        raise CheckpointError(fatal)
+    if chosen is None:
+        if failures:
+            why = "; ".join(f"{p}: {msg}" for p, msg in failures)
+            raise CheckpointError(
+                f"no checkpoint of the run in {output_dir} can be read ({why}). Nothing was changed; move the "
+                f"damaged files away to start the run afresh, or start from other weights with --trained_model "
+                f"and another --output_dir ({BEST} is never a resume point).")
+        return None, None, []
+    if ck is None:  # the other ranks load what rank 0 chose
+        ck = load_checkpoint(chosen, trusted=trusted)
+    return chosen, ck, notes
+
+
+def checkpoint_iteration(path: str) -> int | None:
+    """The iteration stored in a checkpoint, read lazily (memory-mapped, weights only); None if unreadable."""
+    try:
+        ck = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - damaged or foreign file: no iteration to report
+        return None
+    it = ck.get("iteration") if isinstance(ck, Mapping) else None
+    return int(it) if isinstance(it, int) else None
+
+
+def free_space_warning(output_dir: str, files: int, size: int | None = None, margin: float = 1.1) -> str | None:
+    """A warning when the filesystem of the run's checkpoints has less free space than the next checkpoint
+    needs (`files` files the size of last.pth, or `size` bytes each before the first one exists, each written
+    whole before the old one is replaced), else None.
+
+    Called at the start and after each checkpoint, so the warning comes one checkpoint interval before the
+    write that would fail (which then ends in one `error: cannot write ...` line and loses nothing)."""
+    from utils.io import free_bytes
+
+    last = os.path.join(checkpoint_dir(output_dir), LAST)
+    try:
+        size = os.path.getsize(last)
+    except OSError:
+        if size is None:
+            return None
+    free = free_bytes(last)
+    need = int(size * max(int(files), 1) * margin)
+    if free is None or free >= need:
+        return None
+    return (f"only {_human(free)} free on the filesystem of {checkpoint_dir(output_dir)}; the next checkpoint needs "
+            f"about {_human(need)} ({files} file(s) of {_human(size)}): free space (or lower keep_checkpoints) "
+            f"before it is due, or that save fails (nothing is lost then: last.pth keeps the previous state)")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n} B"
+
+
 def periodic_name(iteration: int) -> str:
     return f"iter_{int(iteration):06d}.pth"
 
@@ -84,8 +228,16 @@ _PERIODIC_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 def atomic_torch_save(obj, path: str) -> str:
-    """torch.save to a temporary file in the target folder, fsync, then rename over `path`."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
+    """torch.save to a temporary file in the target folder, fsync, then rename over `path`.
+
+    The file is handed to torch.save as an open Python file, not a name: torch's own writer turns a full
+    disk into an `[enforce fail at inline_container.cc]` RuntimeError without the errno, while writes through
+    a Python file raise the OSError (ENOSPC, EDQUOT, EIO) that utils.io.atomic_write reports as StorageError."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write, fsync=True)
 
 
 def build_state(model: nn.Module, optimizer=None, scheduler=None, scaler=None, iteration: int = 0,
@@ -214,8 +366,8 @@ def _unreadable(path: str, err: Exception) -> CheckpointError:
     if "WeightsUnpickler error:" in msg:  # keep torch's diagnosis, drop its advice to unpickle the file
         msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
     msg = msg.split(". ", 1)[0].rstrip(".")[:300]
-    return CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {msg}. The file may be "
-                           f"truncated or not a PyTorch checkpoint.")
+    return UnreadableCheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {msg}. The file may be "
+                                     f"truncated or not a PyTorch checkpoint.")
 
 
 def _objects_needed(path: str, err: Exception) -> list | None:

@@ -8,12 +8,18 @@ building the trained model need the packages above utils: they are in engine/cli
 from __future__ import annotations
 
 import argparse
-import sys
+
+from utils.messages import one_line  # noqa: F401 - re-exported: the tools import it from here
 
 
-def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint."""
-    p.add_argument("--config_exp", required=True, help="the experiment config (or the run's saved config.yml)")
+def add_model_args(p: argparse.ArgumentParser, config_required: bool = True) -> argparse.ArgumentParser:
+    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint.
+
+    config_required=False: --config_exp may be left out; the program then takes the config stored in the
+    checkpoint (engine.cli.load_cli_config)."""
+    p.add_argument("--config_exp", required=config_required, default=None,
+                   help="the experiment config (or the run's saved config.yml)" + (
+                       "" if config_required else "; default: the config stored in --trained_model"))
     p.add_argument("--trained_model", required=True,
                    help="checkpoint (ours, or an original one with module. keys)")
     p.add_argument("--data_root", default=None,
@@ -29,14 +35,10 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def one_line(message) -> str:
-    """The message on one line (its lines joined by ' | ', runs of blanks squeezed), so that a user-facing
-    error stays one `error:` line even when a library or a reader wrote a multi-line help text."""
-    lines = (" ".join(line.split()) for line in str(message).splitlines())
-    return " | ".join(line for line in lines if line)
+def fail(message, status: int = 2) -> int:
+    """Print `error: message` on one line to stderr (utils.distributed.report_error: the project's one rule
+    for who prints); returns `status` (2: a user error) for `return fail(...)`."""
+    from utils.distributed import report_error
 
-
-def fail(message) -> int:
-    """Print `error: message` on one line to stderr; returns the exit status 2 for `return fail(...)`."""
-    print(f"error: {one_line(message)}", file=sys.stderr)
-    return 2
+    report_error(message)
+    return status

@@ -29,7 +29,8 @@ __all__ = [
     "is_main_process", "barrier", "all_reduce_sum", "all_gather_object", "broadcast_object",
     "cleanup_distributed", "DEFAULT_TIMEOUT_MINUTES", "env_rank", "env_local_rank", "env_world_size",
     "is_main_process_env",
-    "elastic_store_warning", "any_rank", "format_error", "report_error", "abandon_distributed",
+    "elastic_store_warning", "any_rank", "format_error", "report_error", "reports_shared_errors",
+    "abandon_distributed",
 ]
 
 DEFAULT_TIMEOUT_MINUTES = 30.0  # the default of the config key dist_timeout_minutes
@@ -279,24 +280,37 @@ def _cpu_group():
     return _CPU_GROUP["group"]
 
 
-def format_error(message: str, same_on_all_ranks: bool = True) -> str | None:
-    """The one line `report_error` prints, or None on the ranks that stay silent.
+def reports_shared_errors() -> bool:
+    """Whether this process prints an error that every rank meets alike (a config error, a missing dataset
+    folder): the first process of each node (LOCAL_RANK 0). Once on a single node; on several nodes once per
+    node, so a node whose files differ from the others' still says why it stopped. Read from the launcher's
+    environment: valid before, during and after the process group."""
+    return env_local_rank() == 0
 
-    same_on_all_ranks=True: an error every rank hits alike (bad config, missing dataset folder): only
-    rank 0 reports it, so a 64-process job prints it once, not 64 times.
+
+def format_error(message, same_on_all_ranks: bool = True) -> str | None:
+    """The one line `report_error` prints, or None on the processes that stay silent.
+
+    The project's one rule for who prints an `error:` line outside the logger (main.py's checks before the
+    run, infer.py, the tools):
+    same_on_all_ranks=True: an error every rank hits alike: printed by `reports_shared_errors()` processes,
+    so a 64-process job on one node prints it once, not 64 times.
     same_on_all_ranks=False: an error of this rank only (an unreadable file in its data shard): this rank
     reports it, naming its rank and host so the user knows where to look; torchrun then stops the others.
+    A multi-line message (a library's help text) is joined into one line (utils.cli.one_line).
     """
-    text = " ".join(str(message).split()) or "unknown error"
+    from utils.messages import one_line
+
+    text = one_line(message) or "unknown error"
     if same_on_all_ranks:
-        return f"error: {text}" if is_main_process_env() else None
+        return f"error: {text}" if reports_shared_errors() else None
     if env_world_size() <= 1:
         return f"error: {text}"
     return f"error: [rank {env_rank()} on {socket.gethostname()}] {text}"
 
 
-def report_error(message: str, same_on_all_ranks: bool = True, file=None) -> bool:
-    """Print `error: message` on one line to stderr (see `format_error` for which ranks print).
+def report_error(message, same_on_all_ranks: bool = True, file=None) -> bool:
+    """Print `error: message` on one line to stderr (see `format_error` for which processes print).
 
     Reads the rank from the environment, so it also works before or after the process group and
     without any collective: a failing rank cannot rely on the others to take part. Returns whether

@@ -45,20 +45,42 @@ def setup_logger(output_dir: str | None = None, rank: int = 0, filename: str = "
     log.addHandler(console)
     if rank == 0 and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        fh = logging.FileHandler(os.path.join(output_dir, filename), mode="a", encoding="utf-8")
+        fh = _RunLogHandler(os.path.join(output_dir, filename), mode="a", encoding="utf-8")
         fh.setLevel(logging.INFO)
         fh.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATEFMT))
         log.addHandler(fh)
     return log
 
 
+class _RunLogHandler(logging.FileHandler):
+    """log.txt: when a write fails (full disk, I/O error) it says so in one line on stderr and stops writing
+    the file, instead of logging's 'Logging error' traceback at every later message; the console keeps
+    every message and the run goes on to its own storage report (engine/runner.py)."""
+
+    def handleError(self, record) -> None:  # noqa: N802 - logging's name
+        import sys as _sys
+
+        err = _sys.exc_info()[1]
+        reason = getattr(err, "strerror", None) or str(err)
+        print(f"warning: cannot write {self.baseFilename}: {reason}; the log continues on the console only",
+              file=_sys.stderr, flush=True)
+        get_logger().removeHandler(self)
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
 def close_logger() -> None:
     """Flush and detach every handler (tests and repeated runs in one process)."""
     log = get_logger()
     for h in list(log.handlers):
-        h.flush()
         log.removeHandler(h)
-        h.close()
+        try:
+            h.flush()
+            h.close()
+        except OSError:  # a full disk refuses the last flush: the messages are on the console
+            pass
 
 
 def interactive(stream=None) -> bool:

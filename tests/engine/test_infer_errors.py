@@ -229,11 +229,21 @@ def test_failure_summary_names_at_most_a_few():
 def test_a_failed_write_is_one_line_about_the_output_folder(tmp_path):
     import errno
 
+    from utils.io import StorageError
+
     class Full:
         def add(self, done):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "semseg" / "a.png"))
+
+    with pytest.raises(StorageError) as err:  # a storage failure names the file (infer.py: exit 75)
+        inference.GuardWrites([Full()], str(tmp_path)).add(None)
+    assert str(err.value) == f"cannot write {tmp_path / 'semseg' / 'a.png'}: No space left on device"
+
+    class Gone:
+        def add(self, done):
+            raise OSError(errno.ENOENT, "No such file or directory")
 
     with pytest.raises(InferenceError) as err:
-        inference.GuardWrites([Full()], str(tmp_path)).add(None)
-    assert str(err.value) == (f"output folder {tmp_path}: writing the predictions failed (No space left on device); "
+        inference.GuardWrites([Gone()], str(tmp_path)).add(None)
+    assert str(err.value) == (f"output folder {tmp_path}: writing the predictions failed (No such file or directory); "
                               f"free disk space or pass another --output")

@@ -47,3 +47,23 @@ def test_resume_matches_uninterrupted_run(tiny_data, tmp_path):
     assert a["iteration"] == b["iteration"] == N
     for name, t in a["model"].items():
         assert torch.equal(t, b["model"][name]), name
+
+
+def test_truncated_last_resumes_from_the_newest_readable_periodic_copy(tiny_data, tmp_path, caplog):
+    """A damaged last.pth (storage cut the write short) is set aside and the run continues from iter N/2,
+    with the same losses as the uninterrupted run."""
+    full = _trainer(tiny_data, tmp_path / "full")
+    _trainer(tiny_data, tmp_path / "cut", stop_at=N // 2 + 1)  # killed one step after the checkpoint at N/2
+    folder = tmp_path / "cut" / "checkpoints"
+    last = folder / "last.pth"
+    last.write_bytes(last.read_bytes()[:200])
+    with caplog.at_level("WARNING"):
+        second = _trainer(tiny_data, tmp_path / "cut")
+    assert second.resumed_from == str(folder / f"iter_{N // 2:06d}.pth")
+    assert any("unreadable checkpoint" in r.getMessage() and "last.pth" in r.getMessage()
+               and f"iteration {N // 2}" in r.getMessage() for r in caplog.records)
+    assert any(p.name.startswith("last.pth.unreadable-") for p in folder.iterdir())
+    expected = dict(full.history)
+    assert [k for k, _ in second.history] == list(range(N // 2 + 1, N + 1))
+    for k, terms in second.history:
+        assert terms["loss/total"] == expected[k]["loss/total"], k

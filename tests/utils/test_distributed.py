@@ -50,12 +50,14 @@ def test_errors_every_rank_hits_are_printed_once(monkeypatch):
     that rank, naming rank and host; always one line."""
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     buf = io.StringIO()
     assert D.report_error("bad key 'lr'\n  in config.yml", file=buf)
-    assert buf.getvalue() == "error: bad key 'lr' in config.yml\n"
+    assert buf.getvalue() == "error: bad key 'lr' | in config.yml\n"
     assert D.format_error("cannot read a.png", same_on_all_ranks=False) == \
         f"error: [rank 0 on {socket.gethostname()}] cannot read a.png"
     monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "2")
     buf = io.StringIO()
     assert not D.report_error("bad key 'lr'", file=buf) and buf.getvalue() == ""
     assert D.report_error("cannot read a.png", same_on_all_ranks=False, file=buf)
@@ -63,6 +65,11 @@ def test_errors_every_rank_hits_are_printed_once(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert D.format_error("cannot read a.png", same_on_all_ranks=False) == "error: cannot read a.png"
+    # on several nodes the first process of each node reports a shared error (its files may differ)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert D.format_error("no dataset under /data") == "error: no dataset under /data"
 
 
 def test_warning_for_restarts_with_the_shared_rendezvous_store(monkeypatch):
