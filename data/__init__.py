@@ -1,7 +1,7 @@
 """Datasets, transforms and loaders for PASCAL-Context, NYUD-v2 and registered plug-in datasets (docs/method.md#datasets-and-labels, docs/method.md#data-pipeline).
 
 Public API:
-  build_dataset(cfg, split, transform=None)   the reader of cfg.db_name (its DatasetSpec, data/datasets.py);
+  build_dataset(cfg, split, transform=None)   the reader of cfg.db_name (its DatasetSpec, data/registry.py);
                                               transform=None → the default pipeline of the split,
                                               transform=False → raw samples
   build_transforms(cfg, split, seed=None)     train (random) or val pipeline at cfg.TRAIN/TEST.SCALE

@@ -1,7 +1,7 @@
 """Config cross-checks owned by the data layer: the dataset, its enabled tasks, and the keys derived from
 them (db_name, TASKS, TRAIN/TEST.SCALE, edge_w, depth_min/depth_max).
 
-Why here: the dataset registry (data/datasets.py) and the task table (data/tasks.py) decide which names
+Why here: the dataset registry (data/registry.py) and the task table (data/tasks.py) decide which names
 exist, which tasks a dataset has and its default crop size and edge weight; the schema
 (utils/config_schema.py) only names the `DATASETS` / `TASKS` slots, which this module fills. Importing it
 registers `check_data` with utils.config; it must run before the other packages' checks, which read the

@@ -7,7 +7,7 @@ from PIL import Image
 from data import DatasetError, build_dataloader, build_dataset
 from data.nyud import NYUD
 from data.pascal_context import PASCALContext
-from data.synthetic import _anno_struct
+from data.datasets.pascal_context import _anno_struct
 
 
 def test_missing_pascal_folder_explains_everything(tmp_path, cfg_factory):
