@@ -180,6 +180,16 @@ SCHEMA: dict[str, Spec] = {
     "task_dictionary": _dict(_TASK_DICTIONARY, "include_<task>: bool per task, and edge_w", default=REQUIRED),
     "crop_size": Spec("list", None, "network input [H, W] (null: dataset default, PASCAL 512x512, NYUD 448x576)",
                       nullable=True, length=2, item=_int(doc="pixels", ge=PATCH_SIZE)),
+    # ---- dataset reader options (only for datasets whose reader takes them: DatasetSpec.reader_config) ----
+    "input_size": Spec("list", None, "resize every image to [H, W] before the pipeline, training labels with it "
+                                     "(Cityscapes: [512, 1024]); null: images at their own size",
+                       nullable=True, length=2, item=_int(doc="pixels", ge=PATCH_SIZE)),
+    "eval_resolution": _str(None, "with input_size: 'label' scores predictions upsampled to the labels' own "
+                                  "resolution (Cityscapes 1024x2048, the default), 'input' resizes the labels to "
+                                  "input_size instead", choices=("label", "input"), nullable=True),
+    "depth_target": _str(None, "Cityscapes depth task: 'metres' (baseline*fx/disparity, the default) or "
+                               "'disparity' (pixels, what some peers call depth)", choices=("metres", "disparity"),
+                         nullable=True),
     # ---- schedule and optimisation (original keys) -------------------------------------------
     "max_iter": _int(40000, "total training iterations (optimizer steps)", ge=1),
     "epochs": _int(999999, "upper bound on epochs (training stops at max_iter)", ge=1),

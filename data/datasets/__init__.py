@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..registry import (DATASET_NAMES, Archive, DatasetSpec, cli_names, dataset_names, dataset_spec,  # noqa: F401
                        register_dataset, spec_by_cli_name, spec_view, unregister_dataset)
-from . import pascal_context, nyud  # noqa: E402,F401  (each registers its spec)
+from . import pascal_context, nyud, cityscapes  # noqa: E402,F401  (each registers its spec)
 
 __all__ = ["DatasetSpec", "Archive", "register_dataset", "unregister_dataset", "dataset_spec", "dataset_names",
            "DATASET_NAMES", "spec_view", "spec_by_cli_name", "cli_names"]
