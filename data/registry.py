@@ -4,9 +4,10 @@ A dataset is one `DatasetSpec`, registered under the name configs use (`train_db
 fact that is not a task (folder name, reader, default crop size, edge weight, boundary tolerance, the
 release's split sizes, how to get it, how to check it, how to fake it) lives in that object, so adding a
 dataset is `register_dataset(DatasetSpec(...))` plus `data.tasks.register_task(task, name)` for each of
-its tasks; no library file changes. The built-in datasets each live in one module of this package
-(data/datasets/pascal_context.py, nyud.py, cityscapes.py), which registers its spec on import; the
-package's __init__ imports them.
+its tasks; no library file changes. The built-in datasets each live in one module of the data.datasets
+package (data/datasets/pascal_context.py, nyud.py, cityscapes.py), which registers its spec on import;
+the package's __init__ imports them and re-exports this module's names (`from data.datasets import
+DatasetSpec` is the usual spelling).
 
 Public API:
   DatasetSpec                    one dataset's facts (see its docstring)
@@ -15,6 +16,8 @@ Public API:
   dataset_names()                registered names, in registration order (a snapshot)
   DATASET_NAMES                  the same names as a live sequence (config `choices` read it at check time)
   spec_view(field)               a live read-only {name: spec.<field>} mapping, for older table-style code
+  Archive                        one release file of a dataset (DatasetSpec.archives, data.download)
+  spec_by_cli_name(short) / cli_names(need=None)   the commands' --dataset values
 
 Why this module imports nothing but data/errors.py: the task table builds compatibility views from it
 (data/tasks.py) and the file helpers read it (data/common.py), so it must sit below both (and below the

@@ -175,6 +175,21 @@ def test_predictions_match_the_official_evaluator(tmp_path, monkeypatch):
     assert 25 < ours["mIoU"] < 50  # not vacuous: half the pixels agree (IoU about 1/3 per class)
 
 
+@pytest.mark.parametrize("rel", ["configs/cityscapes/vitL.yml", "configs/cityscapes/swinL.yml",
+                                 "configs/demo/synthetic_cityscapes.yml"])
+def test_shipped_cityscapes_configs(rel):
+    from engine.config import load_config
+
+    cfg = load_config(rel)
+    assert cfg.db_name == "Cityscapes" and cfg.TASKS.NAMES == ["semseg", "depth"]  # edge available, off
+    assert cfg.TASKS.NUM_OUTPUT == {"semseg": 19, "depth": 1} and cfg.delta_m_reference is None
+    assert cfg.depth_target == "metres" and cfg.eval_resolution == "label" and cfg.ignore_invalid_area_depth
+    assert tuple(cfg.input_size) == tuple(cfg.TRAIN.SCALE) == tuple(cfg.TEST.SCALE)
+    assert dict(cfg.loss_kwargs.loss_weights) == {"semseg": 1.0, "depth": 1.0, "load_balancing": 0.0003}
+    if "demo" not in rel:
+        assert cfg.TRAIN.SCALE == (512, 1024) and cfg.max_iter == 40000
+
+
 def test_configs_and_reader_options():
     from engine.config import load_config
     from utils.config import ConfigError
