@@ -200,7 +200,6 @@ class Cityscapes(MultiTaskDataset):
     """
 
     db_name = "Cityscapes"
-    splits_with_labels = ("train", "val")
 
     def __init__(self, root, split="val", tasks=("semseg", "depth"), transform=None, depth_target="metres",
                  input_size=None, eval_resolution="label"):
@@ -248,7 +247,7 @@ class Cityscapes(MultiTaskDataset):
         image = read_rgb(self.path("image", sid), sid)
         return _resize(image, self.input_size, nearest=False) if self.input_size else image
 
-    def _fit(self, label, hw, sid, what):
+    def _fit(self, label, hw):
         """A label at the image size (nearest) when labels follow the image, else at its own size."""
         if self._labels_follow_image():
             return _resize(label, hw, nearest=True)
@@ -260,13 +259,13 @@ class Cityscapes(MultiTaskDataset):
             if ids.ndim == 3:
                 ids = ids[..., 0]
             if task == "semseg":
-                return as_hwc(self._fit(train_ids(ids), hw, sid, task))
-            return as_hwc(self._fit(edges_from_labelmap(ids.astype(np.int64)).astype(np.uint8), hw, sid, task))
+                return as_hwc(self._fit(train_ids(ids), hw))
+            return as_hwc(self._fit(edges_from_labelmap(ids.astype(np.int64)).astype(np.uint8), hw))
         if task == "depth":
             d = disparity_from_png(read_disparity_png(self.path("disparity", sid), sid))
             if self.depth_target == "metres":
                 d = depth_from_disparity(d, *read_camera(self.path("camera", sid), sid))
-            return as_hwc(self._fit(d, hw, sid, task))
+            return as_hwc(self._fit(d, hw))
         return super().load_label(task, sid, hw)
 
     def load_sample(self, index: int) -> dict:

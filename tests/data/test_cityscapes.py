@@ -65,6 +65,10 @@ def test_reader_decodes_labels_and_metric_depth(cs_root):
         # quantisation of the 1/256 px disparity steps only
         d = truth["camera"]["extrinsic"]["baseline"] * truth["camera"]["intrinsic"]["fx"] / truth["depth"][valid]
         np.testing.assert_allclose(depth[valid], truth["depth"][valid], rtol=float((0.6 / 256 / d).max()) + 1e-6)
+    edge = cs.Cityscapes(cs_root, "train", ("edge",))[0]["edge"][:, :, 0]  # the optional boundary task
+    truth = render_scene("cityscapes", SEED, 0, (64, 128), "train")
+    np.testing.assert_array_equal(edge, cs.edges_from_labelmap(truth["labelIds"].astype(np.int64)))
+    assert 0 < edge.mean() < 0.3
     disp = cs.Cityscapes(cs_root, "train", ("depth",), depth_target="disparity")[0]["depth"][:, :, 0]
     p = np.array(Image.open(cs_root / "cityscapes/disparity/train/aachen/aachen_000000_000019_disparity.png"))
     np.testing.assert_array_equal(disp, np.where(p > 0, (p.astype(np.float64) - 1) / 256, 0).astype(np.float32))
