@@ -44,6 +44,8 @@ CONFIGS = {
     "pascal_dinov2L": "configs/pascal/dinov2L.yml",
     "nyud_dinov2L": "configs/nyud/dinov2L.yml",
     "pascal_convnextL": "configs/pascal/convnextL.yml",
+    "cityscapes_vitL": "configs/cityscapes/vitL.yml",  # 512 x 1024 (docs/reproducing.md#cityscapes)
+    "cityscapes_swinL": "configs/cityscapes/swinL.yml",
     # tiny CPU configs (tests, demo)
     "demo_pascal": "configs/demo/synthetic_pascal.yml",
     "demo_pascal_swin": "configs/demo/synthetic_pascal_swin.yml",

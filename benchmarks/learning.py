@@ -10,6 +10,8 @@ the gain) for each seed and the mean.
     python -m benchmarks.learning --long --device cuda # longer GPU run
     python -m benchmarks.learning --variant 'bit0.1:bit_scales.all=0.1' --variant 'steps1:timesteps=1'
     python -m benchmarks.learning --variant 'bf16:amp_cpu=true'   # bf16 inference of the fp32-trained models
+    python -m benchmarks.learning --datasets cityscapes --iters 150 --n_train 48 --n_val 16 --image_size 96 192 \
+        --opts input_size=[64,128] crop_size=[64,128]               # synthetic Cityscapes, scored at 96x192
 
 --variant adds TaskDiffusion arms with config overrides to the same table (the knobs to look at when the
 decoder does not help: bit_scale, number of DDIM steps, schedule); a variant that only changes inference
@@ -38,6 +40,7 @@ from evaluation.delta import delta_m as evaluation_delta_m  # noqa: E402
 DATASETS = {
     "pascal": ("configs/demo/synthetic_pascal.yml", "PASCALContext"),
     "nyud": ("configs/demo/synthetic_nyud.yml", "NYUD"),
+    "cityscapes": ("configs/demo/synthetic_cityscapes.yml", "Cityscapes"),
 }
 # --backbones: the tiny CPU config of each backbone family (random-init timm architectures, README Backbones);
 # "vit" is the dataset's config above, the others exist for the PASCAL-style set
@@ -45,6 +48,7 @@ FAMILY_CONFIGS = {
     "pascal": {"swin": "configs/demo/synthetic_pascal_swin.yml", "convnext": "configs/demo/synthetic_pascal_convnext.yml",
                "dinov2": "configs/demo/synthetic_pascal_dinov2.yml"},
     "nyud": {},
+    "cityscapes": {},
 }
 
 

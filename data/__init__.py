@@ -1,7 +1,7 @@
 """Datasets, transforms and loaders for PASCAL-Context, NYUD-v2 and registered plug-in datasets (docs/method.md#datasets-and-labels, docs/method.md#data-pipeline).
 
 Public API:
-  build_dataset(cfg, split, transform=None)   the reader of cfg.db_name (its DatasetSpec, data/datasets.py);
+  build_dataset(cfg, split, transform=None)   the reader of cfg.db_name (its DatasetSpec, data/registry.py);
                                               transform=None → the default pipeline of the split,
                                               transform=False → raw samples
   build_transforms(cfg, split, seed=None)     train (random) or val pipeline at cfg.TRAIN/TEST.SCALE
@@ -130,7 +130,8 @@ def collate_fn(samples):
     """list of sample dicts → batch dict (docs/method.md#sample-dict-and-batches).
 
     Tensors (and numpy arrays) are stacked on a new batch dim; `meta` becomes
-    {'img_name': list[str], 'img_size': list of int64 tensors [H0, W0]}; keys containing 'idx' are dropped.
+    {'img_name': list[str], 'img_size': list of int64 tensors [H0, W0]} (+ 'orig_size': list of (H, W) of the
+    labels when a reader keeps them at another size than the image); keys containing 'idx' are dropped.
     """
     import numpy as np
     import torch
@@ -146,6 +147,9 @@ def collate_fn(samples):
                 "img_size": [torch.as_tensor([int(m["img_size"][0]), int(m["img_size"][1])], dtype=torch.int64)
                              for m in values],
             }
+            if any("orig_size" in m for m in values):  # labels kept at their own size (data/datasets/cityscapes.py)
+                batch["meta"]["orig_size"] = [tuple(int(v) for v in m["orig_size"]) if "orig_size" in m else None
+                                              for m in values]
         elif isinstance(values[0], (torch.Tensor, np.ndarray)):
             tensors = [torch.as_tensor(v) for v in values]
             shapes = {tuple(t.shape) for t in tensors}

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import dataset_spec, spec_view
+from .registry import dataset_spec, spec_view
 from .errors import DatasetError
 
-# {dataset name: folder under db_root}, a live view of the registry (data/datasets.py) for older imports.
+# {dataset name: folder under db_root}, a live view of the registry (data/registry.py) for older imports.
 DATASET_FOLDERS = spec_view("folder")
 
 
@@ -36,16 +36,17 @@ def missing_root_message(db_name: str, looked_at: Path) -> str:
     if spec.layout:
         lines.append(f"Expected layout:\n{spec.layout}")
     lines.append(spec.download or f"Put the dataset inside a root folder, so that <root>/{folder}/ exists.")
-    from .commands import cli_name  # the datasets that the download/verify commands know
-
-    cli = cli_name(db_name)
-    if cli:
-        lines += [
-            "Or let the framework download, check and unpack it (resumable, safe extraction):",
-            f"  python -m data.download --dataset {cli} --root /path/to/root",
-            "and check a copy you already have (--deep also decodes every file):",
-            f"  python -m data.verify --dataset {cli} --root /path/to/root",
-        ]
+    cli = spec.cli_name
+    if spec.archives or spec.checks:
+        lines.append("Or let the framework download (or unpack), check and install it (resumable, safe extraction):"
+                     if spec.archives else "Check a copy you already have:")
+        if spec.archives:
+            lines.append(f"  python -m data.download --dataset {cli} --root /path/to/root"
+                         + ("" if any(a.sources for a in spec.archives) else " --archive FILE ..."))
+        if spec.checks:
+            lines += ["and check a copy you already have (--deep also decodes every file):" if spec.archives else "",
+                      f"  python -m data.verify --dataset {cli} --root /path/to/root"]
+        lines = [x for x in lines if x]
     lines += [
         f"Set the root (the folder that CONTAINS {folder}/) in one of three ways, highest priority first:",
         "  1. the command-line flag  --data_root /path/to/root",

@@ -1,7 +1,7 @@
 """Config cross-checks owned by the data layer: the dataset, its enabled tasks, and the keys derived from
 them (db_name, TASKS, TRAIN/TEST.SCALE, edge_w, depth_min/depth_max).
 
-Why here: the dataset registry (data/datasets.py) and the task table (data/tasks.py) decide which names
+Why here: the dataset registry (data/registry.py) and the task table (data/tasks.py) decide which names
 exist, which tasks a dataset has and its default crop size and edge weight; the schema
 (utils/config_schema.py) only names the `DATASETS` / `TASKS` slots, which this module fills. Importing it
 registers `check_data` with utils.config; it must run before the other packages' checks, which read the
@@ -41,6 +41,21 @@ def _enabled_tasks(cfg: dict, chk: Checker) -> dict:
     return task_table.task_infos(db, wanted)
 
 
+READER_OPTION_KEYS = ("input_size", "eval_resolution", "depth_target")  # null unless the dataset reads them
+
+
+def _check_reader_options(cfg: dict, spec, chk: Checker) -> None:
+    """A reader option set for a dataset whose reader does not take it would be silently ignored: refuse it."""
+    taken = {key for _, key in spec.reader_config}
+    for key in READER_OPTION_KEYS:
+        if cfg.get(key) is not None and key not in taken:
+            chk.fail(key, f"is not read by the {spec.name} reader (it takes: {', '.join(sorted(taken)) or 'none'}).",
+                     "Remove it or set it to null.")
+    if cfg.get("eval_resolution") is not None and cfg.get("input_size") is None:
+        chk.fail("eval_resolution", "only matters with input_size (images at their own size are scored at it).",
+                 "Set input_size or remove eval_resolution.")
+
+
 def check_data(cfg: dict, raw: dict, chk: Checker) -> None:
     """One dataset for training and evaluation, enabled tasks it has; adds the derived keys, which a
     config (e.g. a saved config.yml) may repeat but not contradict."""
@@ -52,6 +67,7 @@ def check_data(cfg: dict, raw: dict, chk: Checker) -> None:
     cfg["val_db_name"] = db
     infos = _enabled_tasks(cfg, chk)
     spec = dataset_registry.dataset_spec(db)
+    _check_reader_options(cfg, spec, chk)
     scale = tuple(cfg["crop_size"]) if cfg["crop_size"] is not None else tuple(spec.crop_size)
     derived = {
         "db_name": db,
@@ -62,8 +78,10 @@ def check_data(cfg: dict, raw: dict, chk: Checker) -> None:
         "TEST": {"SCALE": scale},
         "edge_w": cfg["task_dictionary"].get("edge_w", spec.edge_w),
     }
-    if "depth" in infos:
-        derived["depth_min"], derived["depth_max"] = task_table.DEPTH_MIN, task_table.DEPTH_MAX
+    if "depth" in infos:  # the depth task's value range (NYUD 0..80 m; Cityscapes 0..256 m or px)
+        rule = infos["depth"].sample_rule
+        derived["depth_min"], derived["depth_max"] = ((float(rule[1]), float(rule[2])) if rule[0] == "clamp"
+                                                      else (task_table.DEPTH_MIN, task_table.DEPTH_MAX))
     for k, v in derived.items():
         if k in raw and to_plain(raw[k]) != to_plain(v):
             src = _SOURCE_KEYS.get(k, "the dataset")

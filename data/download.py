@@ -1,7 +1,10 @@
-"""Download, check and unpack the ATRC tarballs of PASCAL-Context and NYUD-v2.
+"""Download, check and unpack a dataset's release archives (the ATRC tarballs of PASCAL-Context and
+NYUD-v2; the official Cityscapes zips, which sit behind a login and are unpacked from --archive).
 
     python -m data.download --dataset pascal|nyud|all --root DB_ROOT [--url URL ...] [--sha256 HEX]
     python -m data.download --dataset pascal --root DB_ROOT --archive PASCALContext.tar.gz   # offline
+    python -m data.download --dataset cityscapes --root DB_ROOT --archive leftImg8bit_trainvaltest.zip \
+        --archive gtFine_trainvaltest.zip --archive disparity_trainvaltest.zip --archive camera_trainvaltest.zip
 
 Why a command and not `wget && tar xzf`: the tarballs are several GB on university servers that drop
 connections, and a half-finished `tar` leaves a folder that looks like a dataset until a worker hits the
@@ -14,10 +17,14 @@ first missing file hours later. Here:
     `--sha256`, that digest; only then is it renamed to `DB_ROOT/<tarball>`;
   * mirrors are tried in order (the table below, or the `--url` flags): a 404 or an HTML page (a login
     or "confirm download" page) moves on to the next one;
-  * extraction goes through data/safe_tar.py (no path may leave DB_ROOT, no device files, size caps)
-    into a hidden temporary folder inside DB_ROOT; the cheap checks of data/verify.py run on it, and
-    only then is it renamed to `DB_ROOT/PASCALContext` (or `NYUDv2`) in one atomic step. An interrupted
-    extraction leaves only the hidden folder, which the next run removes.
+  * extraction goes through data/safe_tar.py (tar or zip; no path may leave DB_ROOT, no device files,
+    size caps) into a hidden temporary folder inside DB_ROOT, every archive of the dataset into the same
+    one; the cheap checks of data/verify.py run on it, and only then is it renamed to
+    `DB_ROOT/<dataset folder>` in one atomic step. An interrupted extraction leaves only the hidden
+    folder, which the next run removes.
+
+What the command knows of a dataset (its archives, their mirrors, where to log in) is the `archives` and
+`login_hint` of its DatasetSpec, written in the dataset's own module (data/datasets/<name>.py).
 
 Only this command touches the network; nothing else in the framework does at run time.
 """
@@ -38,42 +45,33 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .commands import CLI_NAMES
 from .common import DatasetError, exclusive_lock
-from .datasets import dataset_spec
-
-SHORT_NAMES = {db: short for short, db in CLI_NAMES.items()}  # PASCALContext -> pascal
-TARBALLS = {"PASCALContext": "PASCALContext.tar.gz", "NYUD": "NYUDv2.tar.gz"}
+from .datasets import cli_names, dataset_names, dataset_spec, spec_by_cli_name
 
 
 @dataclass(frozen=True)
 class Source:
-    """One place a tarball can be fetched from, and who publishes that link."""
+    """One place an archive can be fetched from, and who publishes that link."""
 
     url: str
     origin: str
 
 
-# Known sources, tried in order; other mirrors are passed with --url (which replaces this list).
-#  - HKUST OneDrive: the links of the TaskDiffusion, MLoRE and InvPT READMEs (their authors re-hosted
-#    the ATRC files when the ETH server went away); `download=1` turns the share page into the file.
-#  - ETH: the original links of the ATRC README (brdavid/atrc), also given by InvPT/TaskPrompter;
-#    reported to answer 404 since late 2024, kept in case they come back.
-_ONEDRIVE = "https://hkustconnect-my.sharepoint.com/:u:/g/personal/hyeae_connect_ust_hk/"
-_ETH = "https://data.vision.ee.ethz.ch/brdavid/atrc/"
-SOURCES = {
-    "PASCALContext": (
-        Source(_ONEDRIVE + "ER57KyZdEdxPtgMCai7ioV0BXCmAhYzwFftCwkTiMmuM7w?e=2Ex4ab&download=1",
-               "TaskDiffusion/MLoRE README (HKUST OneDrive)"),
-        Source(_ETH + "PASCALContext.tar.gz", "ATRC README (ETH Zurich)"),
-    ),
-    "NYUD": (
-        Source(_ONEDRIVE + "EZ-2tWIDYSFKk7SCcHRimskBhgecungms4WFa_L-255GrQ?e=6jAt4c&download=1",
-               "TaskDiffusion/MLoRE README (HKUST OneDrive)"),
-        Source(_ETH + "NYUDv2.tar.gz", "ATRC README (ETH Zurich)"),
-    ),
-}
-# No published digests exist for these tarballs: pass --sha256 when you know one.
+def archives_of(db_name: str) -> tuple:
+    """The Archive records of a registered dataset (data/registry.py)."""
+    return dataset_spec(db_name).archives
+
+
+def sources_of(archive) -> list:
+    """The Source list of one Archive record, in the order they are tried."""
+    return [Source(url, origin) for url, origin in archive.sources]
+
+
+def downloadable(db_name: str) -> bool:
+    """True when every archive of the dataset has a public source (no login needed)."""
+    archives = archives_of(db_name)
+    return bool(archives) and all(a.sources for a in archives)
+
 
 USER_AGENT = "taskdiffusion-data-download/1.0 (Python urllib)"
 CHUNK = 1 << 20
@@ -306,10 +304,26 @@ class Fetcher:
                 bar.close()
 
 
+def _login_error(db_name: str) -> DownloadError:
+    spec = dataset_spec(db_name)
+    files = " ".join(f"--archive {a.file}" for a in spec.archives)
+    return DownloadError(f"{db_name}'s archives cannot be downloaded without an account: {spec.login_hint} "
+                         f"Then run: python -m data.download --dataset {spec.cli_name} --root DB_ROOT {files}")
+
+
 def download(db_name: str, root: Path, urls=None, sha256: str | None = None, fetcher: Fetcher | None = None,
-             log=print) -> Path:
-    """`root/<tarball>`, downloaded from the first mirror that delivers it (skipped when already there)."""
-    dest = Path(root) / TARBALLS[db_name]
+             log=print, archive=None) -> Path:
+    """`root/<archive file>`, downloaded from the first mirror that delivers it (skipped when already there).
+
+    archive: the dataset's Archive record to fetch (default: its only one)."""
+    archives = archives_of(db_name)
+    if archive is None:
+        if len(archives) != 1:
+            raise DownloadError(f"{db_name} has {len(archives)} archives; name the one to download")
+        archive = archives[0]
+    if not archive.sources and not urls:
+        raise _login_error(db_name)
+    dest = Path(root) / archive.file
     if dest.is_file():
         log(f"{dest} is already downloaded")
         if sha256:
@@ -319,7 +333,7 @@ def download(db_name: str, root: Path, urls=None, sha256: str | None = None, fet
                                     f"delete the file and run the command again")
         return dest
     fetcher = fetcher or Fetcher(log=log)
-    urls = list(urls) if urls else [s.url for s in SOURCES[db_name]]
+    urls = list(urls) if urls else [s.url for s in sources_of(archive)]
     reasons = []
     for url in urls:
         log(f"downloading {dest.name} from {url}")
@@ -354,9 +368,10 @@ def _dataset_folder(tmp: Path, folder: str, archive) -> Path:
     return target
 
 
-def install(db_name: str, root: Path, archive: Path, force: bool = False, check: bool = True,
+def install(db_name: str, root: Path, archive, force: bool = False, check: bool = True,
             progress: bool = True, log=print, **limits) -> Path:
-    """Unpack `archive` into `root/<dataset folder>` atomically (see the module docstring)."""
+    """Unpack `archive` (a path, or a list of paths: all are unpacked into one folder) into
+    `root/<dataset folder>` atomically (see the module docstring)."""
     from .safe_tar import safe_extract
     from .verify import format_report, verify_dataset
 
@@ -367,9 +382,14 @@ def install(db_name: str, root: Path, archive: Path, force: bool = False, check:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        stats = safe_extract(archive, tmp, progress=progress, desc=f"extract {Path(archive).name}", **limits)
+        parts = [Path(a) for a in archive] if isinstance(archive, (list, tuple)) else [Path(archive)]
+        files = size = 0
+        for part in parts:
+            stats = safe_extract(part, tmp, progress=progress, desc=f"extract {part.name}", **limits)
+            files, size = files + stats.files, size + stats.bytes
+        archive = ", ".join(str(p) for p in parts)  # for the messages below
         found = _dataset_folder(tmp, folder, archive)
-        log(f"extracted {stats.files} files ({stats.bytes / 2 ** 20:.1f} MiB)")
+        log(f"extracted {files} files ({size / 2 ** 20:.1f} MiB)")
         if check:
             log("checking the unpacked folder before installing it:")
             report = verify_dataset(db_name, found, deep=False, progress=False)
@@ -412,19 +432,24 @@ def get_dataset(db_name: str, root, urls=None, sha256=None, archive=None, force=
         raise DownloadError(f"cannot create --root {root}: {err.strerror}; choose a writable folder") from None
     if final.exists() and not force:
         log(f"{final} already exists: nothing to do (check it with `python -m data.verify --dataset "
-            f"{SHORT_NAMES[db_name]} --root {root}`, or pass --force to download it again)")
+            f"{dataset_spec(db_name).cli_name} --root {root}`, or pass --force to download it again)")
         return final
     with exclusive_lock(root / f".{folder}.lock"):
         _remove_leftovers(root, folder, log)
         if archive is not None:
-            archive = Path(os.path.expanduser(str(archive)))
-            if not archive.is_file():
-                raise DownloadError(f"archive {archive} (--archive): not a file; give the downloaded tarball")
-            if sha256 and sha256_of(archive, progress).lower() != sha256.lower():
-                raise DownloadError(f"sha256 mismatch {archive}: the file is not the expected tarball; "
+            given = [archive] if isinstance(archive, (str, os.PathLike)) else list(archive)
+            tarball = [Path(os.path.expanduser(str(a))) for a in given]
+            for a in tarball:
+                if not a.is_file():
+                    raise DownloadError(f"archive {a} (--archive): not a file; give the downloaded archive")
+            if sha256 and sha256_of(tarball[0], progress).lower() != sha256.lower():
+                raise DownloadError(f"sha256 mismatch {tarball[0]}: the file is not the expected archive; "
                                     f"download it again")
-            tarball, ours = archive, False
+            _name_check(db_name, tarball, log)
+            tarball, ours = (tarball[0] if len(tarball) == 1 else tarball), False
         else:
+            if not downloadable(db_name) and not urls:
+                raise _login_error(db_name)
             fetcher = fetcher or Fetcher(progress=progress, log=log)
             tarball, ours = download(db_name, root, urls, sha256, fetcher, log), True
         from .safe_tar import CorruptArchiveError
@@ -443,24 +468,41 @@ def get_dataset(db_name: str, root, urls=None, sha256=None, archive=None, force=
     return path
 
 
+def _name_check(db_name: str, paths, log) -> None:
+    """Say which of the dataset's archives were not given (the layout check after unpacking decides)."""
+    want = [a.file for a in archives_of(db_name)]
+    if len(want) > 1:
+        missing = [f for f in want if f not in {p.name for p in paths}]
+        if missing:
+            log(f"note: {db_name} is released as {len(want)} archives; not given (by file name): "
+                f"{', '.join(missing)}")
+
+
 def _sources_epilog() -> str:
     lines = ["built-in sources (tried in order; --url replaces them):"]
-    for db, sources in SOURCES.items():
-        for s in sources:
-            lines.append(f"  {TARBALLS[db]}: {s.url}  [{s.origin}]")
+    for db in dataset_names():
+        spec = dataset_spec(db)
+        for a in spec.archives:
+            for s in sources_of(a):
+                lines.append(f"  {a.file}: {s.url}  [{s.origin}]")
+            if not a.sources:
+                lines.append(f"  {a.file}: login needed, unpack it with --archive ({spec.cli_name})")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data.download", description=__doc__.split("\n\n")[0],
                                  epilog=_sources_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=sorted(CLI_NAMES) + ["all"], required=True)
-    ap.add_argument("--root", required=True, help="db_root: PASCALContext/ and NYUDv2/ are created inside it")
+    ap.add_argument("--dataset", choices=list(cli_names("archives")) + ["all"], required=True,
+                    help="all: every dataset that needs no login (pascal, nyud)")
+    ap.add_argument("--root", required=True, help="db_root: the dataset folders (PASCALContext/, NYUDv2/, "
+                                                  "cityscapes/) are created inside it")
     ap.add_argument("--url", action="append", default=None, metavar="URL",
                     help="a mirror of the tarball (repeat for several, tried in order; one dataset only)")
     ap.add_argument("--sha256", default=None, help="expected SHA-256 of the tarball (one dataset only)")
-    ap.add_argument("--archive", default=None, metavar="FILE",
-                    help="unpack this already downloaded tarball instead of downloading (one dataset only)")
+    ap.add_argument("--archive", action="append", default=None, metavar="FILE",
+                    help="unpack this already downloaded archive instead of downloading (one dataset only; "
+                         "repeat for a dataset released as several archives, e.g. Cityscapes' four zips)")
     ap.add_argument("--force", action="store_true", help="replace an existing dataset folder")
     ap.add_argument("--keep-archive", action="store_true", help="keep the downloaded tarball after unpacking")
     ap.add_argument("--no-check", action="store_true",
@@ -469,12 +511,17 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    names = list(SOURCES) if args.dataset == "all" else [CLI_NAMES[args.dataset]]
+    names = ([db for db in dataset_names() if downloadable(db)] if args.dataset == "all"
+             else [spec_by_cli_name(args.dataset).name])
     for flag in ("url", "sha256", "archive"):
         if getattr(args, flag) and len(names) > 1:
             print(f"error: --{flag} with --dataset all: ambiguous, it names one file; run the command once per "
                   f"dataset", file=sys.stderr)
             return 2
+    if args.url and len(archives_of(names[0])) > 1:
+        print(f"error: --url with --dataset {args.dataset}: ambiguous, the dataset has several archives; "
+              f"download them yourself and pass each with --archive", file=sys.stderr)
+        return 2
     if args.sha256 and (len(args.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in args.sha256)):
         print(f"error: --sha256 {args.sha256!r}: not 64 hex digits; give the tarball's SHA-256", file=sys.stderr)
         return 2
@@ -498,7 +545,7 @@ def main(argv=None) -> int:
         print("error: interrupted; run the same command again to resume the download", file=sys.stderr)
         return 130
     for db in names:
-        print(f"check it: python -m data.verify --dataset {SHORT_NAMES[db]} --root {args.root} --deep")
+        print(f"check it: python -m data.verify --dataset {dataset_spec(db).cli_name} --root {args.root} --deep")
     return 0
 
 

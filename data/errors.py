@@ -1,6 +1,6 @@
 """The one exception type of the data package, in a module of its own.
 
-Why separate: both the dataset registry (data/datasets.py) and the file helpers (data/common.py) raise
+Why separate: both the dataset registry (data/registry.py) and the file helpers (data/common.py) raise
 it, and the helpers read the registry; keeping the class here lets both import it without a cycle.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Extract a (possibly hostile) tarball so that nothing can land outside the destination folder.
+"""Extract a (possibly hostile) tarball or zip archive so that nothing can land outside the destination folder.
 
 Why not `tarfile.extractall`: a dataset tarball comes from a mirror we do not control, and a crafted
 archive can write anywhere the user can (`../../.bashrc`, `/etc/...`), plant a symlink or hardlink that
@@ -18,6 +18,11 @@ owner or permission bits beyond "executable" are copied, and modification times 
 reader compares the shipped part index's mtime with the .mat files'). The archive is read as a stream
 (`r|*`): gzip, bzip2 and xz are decompressed once, with a progress bar over the compressed bytes.
 
+Zip archives (the official Cityscapes releases are `*_trainvaltest.zip`) get the same rules: member names are
+checked the same way, symlink entries (Unix mode bits) follow the symlink rules above, device/FIFO entries are
+refused, the declared sizes and the member count are capped, files are written with O_EXCL | O_NOFOLLOW and
+their modification times kept; a bad CRC or a truncated archive is a `CorruptArchiveError`.
+
 Refusals raise `UnsafeArchiveError`, damaged archives `CorruptArchiveError`, both one-line `DatasetError`s.
 The caller extracts into a fresh temporary folder and deletes it on failure (see data/download.py).
 """
@@ -27,7 +32,10 @@ import gzip
 import lzma
 import os
 import posixpath
+import stat
 import tarfile
+import time
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +45,7 @@ from .common import DatasetError
 GiB = 1024 ** 3
 MAX_MEMBER_BYTES = 4 * GiB  # the largest file of the real releases is a few MB
 MAX_TOTAL_BYTES = 256 * GiB  # both unpacked releases together are far below this
-MAX_MEMBERS = 2_000_000  # PASCALContext.tar.gz holds ~70 000 members
+MAX_MEMBERS = 2_000_000  # PASCALContext.tar.gz holds ~70 000 members, leftImg8bit_trainvaltest.zip ~5 000
 _CHUNK = 1 << 20
 
 
@@ -229,10 +237,102 @@ def _extract_member(tar, archive, member, root, limits, stats) -> None:
         _write_hardlink(archive, member, root, target, limits, stats)
 
 
+@dataclass
+class _ZipMember:
+    """The fields of a tar member that the shared checks read, for one zip entry."""
+
+    name: str
+    size: int
+    mtime: float
+    mode: int
+    linkname: str = ""
+
+
+def _zip_member(info: zipfile.ZipInfo) -> _ZipMember:
+    mode = (info.external_attr >> 16) & 0xFFFF
+    try:
+        mtime = time.mktime(info.date_time + (0, 0, -1))
+    except (OverflowError, ValueError):
+        mtime = 0.0
+    return _ZipMember(info.filename, int(info.file_size), mtime, mode)
+
+
+def _write_zip_file(zf, info, archive, member, target, limits, stats) -> None:
+    _check_size(archive, member, limits, stats)
+    _clear(target)
+    mode = 0o755 if member.mode & 0o111 else 0o644
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    written = 0
+    with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > member.size:  # never trust the stream beyond the declared size
+                raise _refuse(archive, member.name, "holds more data than its header declares")
+            out.write(chunk)
+    if written != member.size:
+        raise CorruptArchiveError(f"corrupt archive {archive}: member {member.name!r} ends after {written} of "
+                                  f"{member.size} bytes; download the file again")
+    os.utime(target, (member.mtime, member.mtime))
+    stats.files += 1
+    stats.bytes += written
+
+
+def _extract_zip_member(zf, info, archive, root, limits, stats) -> None:
+    member = _zip_member(info)
+    rel = member_path(archive, member.name)
+    if not rel:
+        return
+    target = os.path.join(root, *rel.split("/"))
+    kind_bits = stat.S_IFMT(member.mode)
+    if info.is_dir() or kind_bits == stat.S_IFDIR:
+        _mkdirs(archive, member.name, root, target)
+        stats.dirs += 1
+        return
+    if kind_bits not in (0, stat.S_IFREG, stat.S_IFLNK):
+        what = ("character device" if stat.S_ISCHR(member.mode) else "block device" if stat.S_ISBLK(member.mode)
+                else "FIFO" if stat.S_ISFIFO(member.mode) else f"special entry (mode {oct(member.mode)})")
+        raise _refuse(archive, member.name, f"it is a {what}")
+    _mkdirs(archive, member.name, root, os.path.dirname(target))
+    _real_parent_inside(archive, member.name, root, target)
+    if kind_bits == stat.S_IFLNK:  # a symlink entry stores its target as the data
+        if member.size > 4096:
+            raise _refuse(archive, member.name, "symlink entry with an absurdly long target")
+        member.linkname = zf.read(info).decode("utf-8", "surrogateescape")
+        _write_symlink(archive, member, rel, root, target, stats)
+    else:
+        _write_zip_file(zf, info, archive, member, target, limits, stats)
+
+
+def _safe_extract_zip(archive, root, limits, stats, bar) -> int:
+    """The zip counterpart of the tar loop of safe_extract; returns the number of entries."""
+    count = 0
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            if len(infos) > limits[2]:
+                raise _refuse(archive, infos[limits[2]].filename, f"the archive has more than {limits[2]} members")
+            total = sum(int(i.file_size) for i in infos)
+            if total > limits[1]:
+                raise _refuse(archive, infos[0].filename if infos else "",
+                              f"the members would exceed the total cap of {limits[1]} bytes")
+            for info in infos:
+                count += 1
+                _extract_zip_member(zf, info, archive, root, limits, stats)
+                if bar is not None:
+                    bar.update(int(info.compress_size))
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, lzma.LZMAError) as err:
+        raise CorruptArchiveError(f"corrupt archive {archive}: {type(err).__name__}: {err} (after {count} member(s)); "
+                                  f"the file is truncated or damaged - delete it and download it again") from None
+    return count
+
+
 def safe_extract(archive, dest, *, max_member_bytes: int = MAX_MEMBER_BYTES,
                  max_total_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS,
                  progress: bool = True, desc: str | None = None) -> ExtractStats:
-    """Extract `archive` (tar, tar.gz, tar.bz2, tar.xz) into the existing folder `dest`.
+    """Extract `archive` (tar, tar.gz, tar.bz2, tar.xz, or zip) into the existing folder `dest`.
 
     Raises UnsafeArchiveError / CorruptArchiveError (one line each); the caller removes `dest` then.
     """
@@ -248,6 +348,27 @@ def safe_extract(archive, dest, *, max_member_bytes: int = MAX_MEMBER_BYTES,
 
         bar = tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=desc or f"extract {archive.name}")
+    count = 0
+    is_zip = archive.suffix.lower() == ".zip" or zipfile.is_zipfile(archive)
+    try:
+        if is_zip:
+            count = _safe_extract_zip(archive, root, limits, stats, bar)
+        else:
+            count = _extract_tar(archive, root, limits, stats, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if count == 0:
+        raise CorruptArchiveError(f"corrupt archive {archive}: no members; delete it and download it again")
+    for name, path in stats.symlinks:  # later members may have changed what an earlier link resolves to
+        real = os.path.realpath(path)
+        if not _inside(root, real):
+            raise _refuse(archive, name, f"symlink resolves to {real}, outside the extraction folder")
+    return stats
+
+
+def _extract_tar(archive, root, limits, stats, bar) -> int:
+    """The tar loop of safe_extract (streamed, any compression); returns the number of members."""
     count = 0
     try:
         with open(archive, "rb") as raw, tarfile.open(fileobj=_CountingReader(raw, bar), mode="r|*") as tar:
@@ -265,14 +386,5 @@ def safe_extract(archive, dest, *, max_member_bytes: int = MAX_MEMBER_BYTES,
     except lzma.LZMAError as err:
         raise CorruptArchiveError(f"corrupt archive {archive}: {type(err).__name__}: {err}; delete it and "
                                   f"download it again") from None
-    finally:
-        if bar is not None:
-            bar.close()
-    if count == 0:
-        raise CorruptArchiveError(f"corrupt archive {archive}: no members; delete it and download it again")
-    for name, path in stats.symlinks:  # later members may have changed what an earlier link resolves to
-        real = os.path.realpath(path)
-        if not _inside(root, real):
-            raise _refuse(archive, name, f"symlink resolves to {real}, outside the extraction folder")
-    return stats
+    return count
 

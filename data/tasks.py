@@ -347,10 +347,10 @@ register_task(Task("sal", "discrete", 2, 2, 255, SAL_CLASSES, embed_separately=T
 register_task(Task("normals", "continuous", -1, 3, 255, **_NORMALS), ("PASCALContext", "NYUD"))
 register_task(Task("edge", "continuous", -1, 1, 255, **_EDGE), ("PASCALContext", "NYUD"))
 
-# Dataset facts live in the dataset registry (data/datasets.py: dataset_spec(name).crop_size, .edge_w,
+# Dataset facts live in the dataset registry (data/registry.py: dataset_spec(name).crop_size, .edge_w,
 # .edge_max_dist); these live read-only views keep older imports working. The registry imports nothing
 # from this module, so there is no cycle.
-from .datasets import spec_view as _spec_view  # noqa: E402
+from .registry import spec_view as _spec_view  # noqa: E402
 
 DEFAULT_SCALE = _spec_view("crop_size")
 DEFAULT_EDGE_W = _spec_view("edge_w")

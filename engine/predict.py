@@ -128,7 +128,8 @@ class PredictedBatch:
 
     def targets(self, j: int) -> dict | None:
         """{task: (map, valid mask)} of image j's ground truth, None when the batch has none."""
-        gts = {t: task.target_to_numpy(crop_to_original(self.batch[t][j], self.sizes[j]))
+        label_size = self.orig_sizes[j] if self.orig_sizes[j] is not None else self.sizes[j]  # labels at their size
+        gts = {t: task.target_to_numpy(crop_to_original(self.batch[t][j], label_size))
                for t, task in self.tasks.items() if t in self.batch}
         return gts or None
 

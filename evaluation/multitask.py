@@ -70,6 +70,11 @@ class MultiTaskEvaluator:
     def update(self, pred: Mapping[str, torch.Tensor], batch: Mapping) -> None:
         """pred: {task: B×K×H×W raw outputs at the padded size}; batch: the data batch (targets + meta)."""
         meta = batch.get("meta") or {}
+        if meta.get("orig_size") is not None and any(
+                t in pred and t in batch and pred[t].shape[-2:] != batch[t].shape[-2:] for t in self.tasks):
+            for j in range(len(meta["img_name"])):  # labels at their own resolution: score image by image
+                self.update(*_at_label_resolution(pred, batch, meta, j, self.tasks))
+            return
         # Check everything first, so a bad batch leaves the accumulators untouched.
         for t in self.tasks:
             if t not in pred:
@@ -111,6 +116,32 @@ class MultiTaskEvaluator:
 
     def delta_m(self, results: Mapping, reference: Mapping) -> float:
         return delta_m(results, reference, self.db_name, self.tasks)
+
+
+def _at_label_resolution(pred: Mapping, batch: Mapping, meta: Mapping, j: int, tasks) -> tuple:
+    """(pred, batch) of image j with the raw outputs upsampled to its labels' resolution.
+
+    Why: a reader that resizes the input but keeps the labels at their full size (Cityscapes: 512x1024 in,
+    1024x2048 scored) sets meta['orig_size']; the raw outputs (logits, depth) are cropped to the image inside
+    the padding (meta['img_size']) and resized bilinearly, as mmsegmentation does, and the labels are cropped
+    out of their own padding, so every meter sees one image at the label size."""
+    import torch.nn.functional as F
+
+    from evaluation.postprocess import crop_to_original
+
+    size = meta["orig_size"][j] or tuple(int(v) for v in meta["img_size"][j])
+    size = tuple(int(v) for v in size)
+    one_pred, one_batch = {}, {"meta": {"img_name": [meta["img_name"][j]],
+                                        "img_size": [torch.as_tensor(size, dtype=torch.int64)]}}
+    for t in tasks:
+        if t not in pred or t not in batch:
+            continue  # the regular checks report it
+        p = crop_to_original(pred[t][j:j + 1], meta["img_size"][j])
+        if tuple(p.shape[-2:]) != size:
+            p = F.interpolate(p.float(), size=size, mode="bilinear", align_corners=False)
+        one_pred[t] = p
+        one_batch[t] = crop_to_original(batch[t][j:j + 1], size)
+    return one_pred, one_batch
 
 
 def build_evaluator(cfg, full_edge: bool = True, boundary: bool = True, workers: Optional[int] = None,

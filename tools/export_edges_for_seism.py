@@ -3,7 +3,7 @@
 The framework computes odsF itself (evaluation/boundary.py). This tool is for users who must reproduce
 the published protocol byte for byte with prismformore's Boundary-Detection-Evaluation-Tools (SEISM):
 that wrapper reads `<prediction_path>/edge/<id>.png` and asserts the file count (5105 for PASCALContext
-val, 654 for NYUD val: the DatasetSpec.split_sizes of data/datasets.py).
+val, 654 for NYUD val: the DatasetSpec.split_sizes of data/registry.py).
 
 Each PNG: sigmoid(logit)·255 at the padded network size, cropped back to the original H0×W0 (centred
 padding: top (H - H0)//2, left (W - W0)//2), cast to uint8 by truncation, single channel 8-bit.

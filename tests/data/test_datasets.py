@@ -23,7 +23,7 @@ def test_builtin_datasets_carry_their_facts():
     assert dict(nyud.split_sizes) == {"train": 795, "val": 654}
     assert pascal.synthetic == "pascal" and nyud.synthetic == "nyud"
     # the older table-style names are live read-only views of the registry
-    assert dict(DATASET_FOLDERS) == {"PASCALContext": "PASCALContext", "NYUD": "NYUDv2"}
+    assert dict(DATASET_FOLDERS) == {"PASCALContext": "PASCALContext", "NYUD": "NYUDv2", "Cityscapes": "cityscapes"}
     assert task_table.DEFAULT_SCALE["NYUD"] == (448, 576)
     assert task_table.DEFAULT_EDGE_W["PASCALContext"] == 0.95
     assert task_table.EDGE_MAX_DIST["NYUD"] == 0.011

@@ -7,7 +7,7 @@ from PIL import Image
 from data import DatasetError, build_dataloader, build_dataset
 from data.nyud import NYUD
 from data.pascal_context import PASCALContext
-from data.synthetic import _anno_struct
+from data.datasets.pascal_context import _anno_struct
 
 
 def test_missing_pascal_folder_explains_everything(tmp_path, cfg_factory):
@@ -125,7 +125,7 @@ def test_task_the_dataset_lacks(fresh_root, cfg_factory, tmp_path):
     with pytest.raises(DatasetError, match="'depth'.*PASCALContext provides"):
         build_dataset(cfg, "train")
     with pytest.raises(DatasetError, match="unknown dataset"):
-        build_dataset(cfg_factory("Cityscapes", fresh_root, tasks=["semseg"]), "train")
+        build_dataset(cfg_factory("KITTI", fresh_root, tasks=["semseg"]), "train")
 
 
 def test_mismatched_label_size(fresh_root, tmp_path):

@@ -18,7 +18,8 @@ from data.pascal_context import (
     human_parts_from_anno,
     part_index_entry,
 )
-from data.synthetic import _anno_struct, render_scene, sample_index
+from data.datasets.pascal_context import _anno_struct
+from data.synthetic import render_scene, sample_index
 
 SEED = 3
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from data.pascal_context import HUMAN_PART_GROUPS, VOC_CONTEXT_IDS
-from data.synthetic import GROUND_NORMAL, MAT_HEADER, generate, image_size, main, render_scene
+from data.datasets.pascal_context import GROUND_NORMAL, MAT_HEADER
+from data.synthetic import generate, image_size, main, render_scene
 
 
 def _tree(root):

@@ -9,7 +9,10 @@ from data import DatasetError
 from data.common import resolve_dataset_dir
 from data.pascal_context import PASCALContext
 from data.synthetic import generate
-from data.verify import PASCAL_FILES, main, verify_dataset
+from data.datasets.pascal_context import PascalChecks
+from data.verify import main, verify_dataset
+
+PASCAL_FILES = PascalChecks.files
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def test_unknown_dataset_in_config_is_one_line_listing_the_known_ones(tmp_path, 
         load_config(_write_config(tmp_path / "nope.yml", "Nope"))
     msg = str(err.value)
     assert "\n" not in msg and "train_db_name" in msg and "'Nope'" in msg
-    assert "PASCALContext, NYUD, ToyScenes" in msg  # read from the registry at check time, plug-ins included
+    assert "PASCALContext, NYUD, Cityscapes, ToyScenes" in msg  # read from the registry at check time, plug-ins included
 
 
 def test_registrations_are_gone_after_the_test():

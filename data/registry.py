@@ -2,9 +2,12 @@
 
 A dataset is one `DatasetSpec`, registered under the name configs use (`train_db_name`). Every dataset
 fact that is not a task (folder name, reader, default crop size, edge weight, boundary tolerance, the
-release's split sizes, how to get it) lives in that object, so adding a dataset is
-`register_dataset(DatasetSpec(...))` plus `data.tasks.register_task(task, name)` for each of its tasks;
-no library file changes. The built-in PASCALContext and NYUD are registered at the end of this module.
+release's split sizes, how to get it, how to check it, how to fake it) lives in that object, so adding a
+dataset is `register_dataset(DatasetSpec(...))` plus `data.tasks.register_task(task, name)` for each of
+its tasks; no library file changes. The built-in datasets each live in one module of the data.datasets
+package (data/datasets/pascal_context.py, nyud.py, cityscapes.py), which registers its spec on import;
+the package's __init__ imports them and re-exports this module's names (`from data.datasets import
+DatasetSpec` is the usual spelling).
 
 Public API:
   DatasetSpec                    one dataset's facts (see its docstring)
@@ -13,11 +16,13 @@ Public API:
   dataset_names()                registered names, in registration order (a snapshot)
   DATASET_NAMES                  the same names as a live sequence (config `choices` read it at check time)
   spec_view(field)               a live read-only {name: spec.<field>} mapping, for older table-style code
+  Archive                        one release file of a dataset (DatasetSpec.archives, data.download)
+  spec_by_cli_name(short) / cli_names(need=None)   the commands' --dataset values
 
 Why this module imports nothing but data/errors.py: the task table builds compatibility views from it
-(data/tasks.py) and the file helpers read it (data/common.py), so it must sit below both. Readers are
-therefore named by "module:attr" references and resolved only by `data.build_dataset`, which also keeps
-`import data.datasets` free of torch.
+(data/tasks.py) and the file helpers read it (data/common.py), so it must sit below both (and below the
+dataset modules, which use both). Readers, verify checks and synthetic writers may therefore be given as
+"module:attr" references, resolved only by the program that uses them.
 """
 from __future__ import annotations
 
@@ -28,8 +33,22 @@ from typing import Any
 
 from .errors import DatasetError
 
-__all__ = ["DatasetSpec", "register_dataset", "unregister_dataset", "dataset_spec", "dataset_names",
-           "DATASET_NAMES", "spec_view"]
+__all__ = ["DatasetSpec", "Archive", "register_dataset", "unregister_dataset", "dataset_spec", "dataset_names",
+           "DATASET_NAMES", "spec_view", "spec_by_cli_name", "cli_names"]
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One file of a dataset's release, as `python -m data.download` fetches or unpacks it.
+
+    file: the archive's file name (a .tar.gz/.tar/.zip); sources: ((url, who publishes the link), ...)
+    tried in order, empty when the file sits behind a login (then only --archive FILE installs it);
+    what: a few words on what it holds (help text).
+    """
+
+    file: str
+    sources: tuple = ()
+    what: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +71,14 @@ class DatasetSpec:
     synthetic: the `python -m data.synthetic --dataset` name that writes a look-alike set, or None.
     reader_config: (reader keyword, config key) pairs: build_dataset passes cfg[key] as that keyword
       when the config sets it (PASCALContext: the label cache folder).
+    cli_name: the `--dataset` value of data.download / data.verify (default: `synthetic`, else the name
+      in lower case).
+    archives: the release's files (Archive records) for data.download; () = the command cannot get it.
+    login_hint: for archives without public sources, where to get them (shown by data.download).
+    checks: the data.checks.DatasetChecks object (or "module:attr") that tells data.verify where each
+      sample's files are and how to judge one file; None = the dataset cannot be verified.
+    synthesizer: the data.synthetic_base.SyntheticWriter object (or "module:attr") that renders and
+      writes a look-alike set in the real layout; None = no synthetic set.
     """
 
     name: str
@@ -66,6 +93,11 @@ class DatasetSpec:
     layout: str = ""
     synthetic: str | None = None
     reader_config: tuple = ()
+    cli_name: str | None = None
+    archives: tuple = ()
+    login_hint: str = ""
+    checks: Any = None
+    synthesizer: Any = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -85,6 +117,13 @@ class DatasetSpec:
         object.__setattr__(self, "split_sizes", MappingProxyType({str(k): int(v) for k, v in
                                                                   dict(self.split_sizes).items()}))
         object.__setattr__(self, "reader_config", tuple(tuple(p) for p in self.reader_config))
+        cli = self.cli_name or self.synthetic or self.name.lower()
+        if not isinstance(cli, str) or not cli or not cli.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"dataset {self.name}: cli_name must be a short word, got {cli!r}")
+        object.__setattr__(self, "cli_name", cli)
+        if not all(isinstance(a, Archive) for a in self.archives):
+            raise ValueError(f"dataset {self.name}: archives must be data.datasets.Archive records")
+        object.__setattr__(self, "archives", tuple(self.archives))
 
 
 _REGISTRY: dict = {}
@@ -168,39 +207,15 @@ def spec_view(attr: str) -> Mapping:
     return _SpecFieldView(attr)
 
 
-# ---- the built-in datasets ----------------------------------------------------------------------------
-_ATRC = ("It is the {tarball} of ATRC's data release (https://github.com/brdav/atrc; its original ETH link has "
-         "answered 404 since late 2024, docs/data.md lists the mirrors): extract it (tar xzf) inside a root "
-         "folder, so that <root>/{folder}/ exists.")
+def spec_by_cli_name(short: str) -> DatasetSpec:
+    """The spec whose cli_name is `short` (the commands' --dataset value); DatasetError listing them."""
+    for spec in _REGISTRY.values():
+        if spec.cli_name == short:
+            return spec
+    raise DatasetError(f"unknown --dataset {short!r}; known: {', '.join(s.cli_name for s in _REGISTRY.values())}")
 
-register_dataset(DatasetSpec(
-    name="PASCALContext", folder="PASCALContext", reader="data.pascal_context:PASCALContext",
-    crop_size=(512, 512), edge_w=0.95, edge_max_dist=0.0075, split_sizes={"train": 4998, "val": 5105},
-    description="PASCAL-Context as prepared by ATRC: semseg, human_parts, sal, normals, edge",
-    download=_ATRC.format(tarball="PASCALContext.tar.gz", folder="PASCALContext"),
-    layout="""\
-<db_root>/PASCALContext/
-    ImageSets/Context/{train,val}.txt     one image id per line
-    JPEGImages/<id>.jpg                   RGB input
-    semseg/VOC12/<id>.png                 21-class labels (else semseg/pascal-context/<id>.png)
-    pascal-context/trainval/<id>.mat      LabelMap (459 context classes): edges, normals mask
-    human_parts/<id>.mat                  PASCAL-Part `anno` struct
-    normals_distill/<id>.png              RGB normals
-    sal_distill/<id>.png                  grayscale saliency""",
-    synthetic="pascal", reader_config=(("cache_dir", "data_cache_dir"),),
-))
-register_dataset(DatasetSpec(
-    name="NYUD", folder="NYUDv2", reader="data.nyud:NYUD",
-    crop_size=(448, 576), edge_w=0.90, edge_max_dist=0.011, split_sizes={"train": 795, "val": 654},
-    description="NYUD-v2 as prepared by ATRC: semseg, depth, normals, edge",
-    download=_ATRC.format(tarball="NYUDv2.tar.gz", folder="NYUDv2"),
-    layout="""\
-<db_root>/NYUDv2/
-    gt_sets/{train,val}.txt               one image id per line
-    images/<id>.png                       RGB input
-    segmentation/<id>.png                 0 = unlabeled, 1..40 = NYU-40 classes
-    depth/<id>.npy                        metres, 0 = invalid
-    normals/<id>.png                      RGB normals
-    edge/<id>.png                         0/255 boundaries""",
-    synthetic="nyud",
-))
+
+def cli_names(need: str | None = None) -> tuple:
+    """The cli_name of every registered dataset (with `need`: only those whose spec field `need` is set,
+    e.g. "checks" for data.verify), in registration order."""
+    return tuple(s.cli_name for s in _REGISTRY.values() if need is None or getattr(s, need))
