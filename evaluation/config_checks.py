@@ -44,4 +44,4 @@ def check_eval_aggregation(cfg: dict, raw: dict, chk: Checker) -> None:
                      f"Use one of: {', '.join(task.aggregation_rules)} (or a 'module:function' reference).")
 
 
-register_config_check(check_eval_aggregation, "evaluation")
+register_config_check(check_eval_aggregation, "evaluation.eval_aggregation")
