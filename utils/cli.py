@@ -12,7 +12,8 @@ import sys
 
 
 def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint."""
+    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint,
+    --raw_weights."""
     p.add_argument("--config_exp", required=True, help="the experiment config (or the run's saved config.yml)")
     p.add_argument("--trained_model", required=True,
                    help="checkpoint (ours, or an original one with module. keys)")
@@ -26,6 +27,9 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="allow a checkpoint that holds Python objects beyond tensors (e.g. the original "
                         "repository's .pth.tar): opening such a file runs code stored in it, so use this only "
                         "for files from a trusted source")
+    p.add_argument("--raw_weights", action="store_true",
+                   help="predict with the trained (raw) weights even when the checkpoint holds a weight EMA "
+                        "(by default the EMA is used when present; docs/method.md#weight-ema)")
     return p
 
 
