@@ -87,13 +87,22 @@ def learn(args) -> dict:
     data_root, out_root = Path(args.data_root), Path(args.out)
     ensure_data("pascal", data_root, 96, 24)
     results = {}  # arm -> [results per seed]
-    for name in METHODS:
-        for payload in run_seeds(name, args.seeds, args, data_root, out_root):
+    for name in args.methods:
+        if args.table_only:
+            done = [_finished(out_root / _version(name, seed, args), args.iters) for seed in args.seeds]
+            if not all(done):
+                print(f"[balancing] {name}: not every seed finished; left out of the table")
+                continue
+        payloads = done if args.table_only else run_seeds(name, args.seeds, args, data_root, out_root)
+        for payload in payloads:
             if name == "fixed+ema":
                 results.setdefault("fixed", []).append(payload["by_weights"]["raw"]["results"])
                 results.setdefault(f"ema {EMA_DECAY}", []).append(payload["by_weights"]["ema"]["results"])
             else:
                 results.setdefault(name, []).append(payload["results"])
+    if "fixed" not in results:
+        print("[balancing] no table without fixed+ema among --methods (the reference); runs are done")
+        return {"results": {}}
     tasks = [t for t in TASK_ORDER if t in results["fixed"][0]]
     heads = {m: [headline(r, DB, tasks) for r in rs] for m, rs in results.items()}
     ref = {t: statistics.mean(h[t] for h in heads["fixed"]) for t in tasks}
@@ -203,6 +212,10 @@ def main(argv=None) -> int:
     lp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     lp.add_argument("--tag", default="")
     lp.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    lp.add_argument("--table_only", action="store_true", help="launch nothing: the table of the finished runs")
+    lp.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                    help="methods to run (two drivers with disjoint lists run side by side; the table is "
+                         "built from finished runs by a call with all of them)")
     lp.add_argument("--out", default=str(ROOT / "runs" / "balancing"))
     cp = sub.add_parser("cost", help="seconds per training step relative to fixed")
     cp.add_argument("--steps", type=int, default=3)

@@ -41,7 +41,12 @@ class Balancer(nn.Module):
     def __init__(self, criterion, settings: dict | None = None, seed: int = 0):
         super().__init__()
         self.criterion = [criterion]  # a list: not a submodule, so its (absent) state is not ours
-        self.tasks = list(criterion.tasks)
+        # fixed only calls the criterion, which may be any callable (outputs, targets) -> (loss, terms); the
+        # other methods need a MultiTaskCriterion's task list and per-task objectives
+        self.tasks = list(getattr(criterion, "tasks", None) or [])
+        if type(self).__name__ != "Balancer" and not (self.tasks and hasattr(criterion, "objectives")):
+            raise TypeError(f"loss_balancing {self.name}: the criterion {type(criterion).__name__} has no task list "
+                            f"and objectives(); balancing methods other than fixed need losses.MultiTaskCriterion")
         self.settings = dict(settings or {})
         self.seed = int(seed)
 
