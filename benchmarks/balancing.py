@@ -85,7 +85,7 @@ def run_seeds(name, seeds, args, data_root: Path, out_root: Path) -> list:
 
 def learn(args) -> dict:
     data_root, out_root = Path(args.data_root), Path(args.out)
-    ensure_data("pascal", data_root, 96, 24)
+    ensure_data("pascal", data_root, 96, 24, args.image_size)
     results = {}  # arm -> [results per seed]
     for name in args.methods:
         if args.table_only:
@@ -212,6 +212,9 @@ def main(argv=None) -> int:
     lp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     lp.add_argument("--tag", default="")
     lp.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    lp.add_argument("--image_size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                    help="generated image size (give it with its own --data_root; crops smaller than the "
+                         "images fail evaluation, whose images are not cropped)")
     lp.add_argument("--table_only", action="store_true", help="launch nothing: the table of the finished runs")
     lp.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                     help="methods to run (two drivers with disjoint lists run side by side; the table is "
