@@ -131,7 +131,8 @@ def load_model(cfg, args, device):
     """The trained model (a checkpoint needing a full unpickle only with --trust_checkpoint)."""
     from engine.cli import load_trained_model
 
-    return load_trained_model(cfg, args.trained_model, device, trusted=bool(args.trust_checkpoint))
+    return load_trained_model(cfg, args.trained_model, device, trusted=bool(args.trust_checkpoint),
+                              raw=bool(getattr(args, "raw_weights", False)))
 
 
 def run(cfg, args) -> int:

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_workers", type=int, default=None, help="DataLoader workers for evaluation")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when a GPU is "
                                                   "visible, else cpu)")
+    p.add_argument("--raw_weights", action="store_true",
+                   help="infer: evaluate the trained (raw) weights even when --trained_model holds a weight EMA "
+                        "(the EMA is used by default when present)")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need a full unpickle (e.g. the original's .pth.tar): opening "
                         "them can run code, so only for files from a source you trust")

@@ -53,21 +53,32 @@ def load_checkpoint_config(checkpoint: str, opts=(), data_root=None):
     return cfg
 
 
-def load_trained_model(cfg, checkpoint: str, device, trusted: bool = False):
+def load_trained_model(cfg, checkpoint: str, device, trusted: bool = False, raw: bool = False):
     """The config's model with the checkpoint's weights, in eval mode on `device`.
 
     trusted: the user passed --trust_checkpoint, so a checkpoint that needs a full unpickle may be opened.
+    raw: load the trained weights even when the checkpoint holds a weight EMA (--raw_weights); by default
+    the EMA weights are loaded when present (utils/ema.py). `model.loaded_weights` says which ('ema'/'raw').
     Raises utils.checkpoint.CheckpointError (file, key and what to do) when the weights do not fit or the
     file needs trust it was not given. A checkpoint of this framework trained for another experiment
     (dataset, tasks, model, backbone, width) says so in one short line, before any key is compared.
     """
     from models import build_model
-    from utils.checkpoint import load_checkpoint, load_model_weights
+    from utils.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+    from utils.ema import pick_weights
+    from utils.logger import get_logger
 
     ck = load_checkpoint(checkpoint, trusted=trusted)
     check_trained_for(ck, cfg, checkpoint)
     model = build_model(cfg)
-    load_model_weights(model, ck, trusted=trusted)
+    ck, which = pick_weights(ck, raw=raw)
+    try:
+        load_model_weights(model, ck, trusted=trusted)
+    except CheckpointError as err:  # name the file: the loaded dict no longer knows it
+        raise CheckpointError(str(err).replace("the checkpoint", checkpoint, 1)) from None
+    if which == "ema":
+        get_logger().info(f"{checkpoint}: using its weight EMA (pass --raw_weights for the trained weights)")
+    model.loaded_weights = which
     return model.to(device).eval()
 
 

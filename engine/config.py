@@ -11,6 +11,8 @@ from __future__ import annotations
 # The imports register the checks; they run in this order (data first: the others read what it derives).
 import data.config_checks  # noqa: F401  isort: skip
 import losses.config_checks  # noqa: F401  isort: skip
+import losses.balancing  # noqa: F401  isort: skip  (the balancing methods and their options)
+import utils.ema  # noqa: F401  isort: skip  (ema.select against ema.evaluate)
 import models.config_checks  # noqa: F401  isort: skip
 import utils.optim  # noqa: F401  isort: skip  (optimizer_kwargs extras)
 import evaluation.config_checks  # noqa: F401  isort: skip

@@ -266,9 +266,18 @@ def _final_payload(cfg, iteration: int):
 def _infer(cfg, args, datasets, info, log) -> None:
     from data import build_dataloader
 
+    from utils.ema import pick_weights
+
     model, _ = _build(cfg)
-    ck = ckpt_lib.load_model_weights(model, args.trained_model,
-                                     trusted=bool(getattr(args, "trust_checkpoint", False)))
+    ck, weights = pick_weights(ckpt_lib.load_checkpoint(args.trained_model,
+                                                        trusted=bool(getattr(args, "trust_checkpoint", False))),
+                               raw=bool(getattr(args, "raw_weights", False)))
+    try:
+        ck = ckpt_lib.load_model_weights(model, ck)
+    except ckpt_lib.CheckpointError as err:
+        raise ckpt_lib.CheckpointError(str(err).replace("the checkpoint", args.trained_model, 1)) from None
+    if weights == "ema":
+        log.info(f"{args.trained_model}: evaluating its weight EMA (pass --raw_weights for the trained weights)")
     model = model.to(info.device).eval()
     from engine.fast_inference import prepare_inference
 
@@ -286,7 +295,7 @@ def _infer(cfg, args, datasets, info, log) -> None:
     reference = cfg_get(cfg, "delta_m_reference", None)
     dm = compute_delta_m(res.results, reference, cfg)
     payload = {"iteration": iteration, "protocol": "full", "checkpoint": os.path.abspath(args.trained_model),
-               "num_images": res.num_images, "world_size": info.world_size, "seed": int(cfg_get(cfg, "seed", 0)),
+               "weights": weights, "num_images": res.num_images, "world_size": info.world_size, "seed": int(cfg_get(cfg, "seed", 0)),
                "results": res.results, "headline": headline_metrics(res.results, cfg), "delta_m": dm,
                "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3)}
     if is_main_process():

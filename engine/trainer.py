@@ -35,6 +35,7 @@ from engine.evaluator import (compute_delta_m, evaluate, headline_metrics, metri
 from data.sample_errors import SampleReadError, describe_failures
 from engine.stop import EvaluationInterrupted, StopSignals, TrainingStopped, signal_name
 from engine.run_folder import describe_experiment
+from engine.train_plugins import TrainPlugins
 from engine.train_data import TrainStream
 from utils import checkpoint as ckpt_lib
 from utils.distributed import (all_gather_object, any_rank, broadcast_object, get_rank, get_world_size,
@@ -119,6 +120,8 @@ class Trainer:
         self.model = prepare_model(model, cfg, device, self.distributed)
         self.criterion = criterion.to(device)
         self.optimizer = build_optimizer(cfg, self.model)
+        # weight EMA and loss balancing (engine/train_plugins.py); the defaults are the paper recipe
+        self.plugins = TrainPlugins(cfg, self.model, self.criterion, self.optimizer, device)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         # bf16 needs no loss scaling; the (disabled) scaler keeps the checkpoint format ready for fp16.
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -141,6 +144,7 @@ class Trainer:
         elif init_weights:
             ckpt = self._load(init_weights, "--trained_model")
             self._fit(ckpt, init_weights, "--trained_model")
+            self.plugins.restart_ema(self.model)
             self.log.info(f"initialised the weights from {init_weights} (fresh optimizer and schedule)")
 
         if is_main_process():  # before the first save: the weights and two Adam moments per parameter
@@ -209,6 +213,7 @@ class Trainer:
         how = "auto-resume from the run folder's last checkpoint"
         ck = self._load(path, how) if ck is None else ck
         self._fit(ck, path, how + (" (move the folder away or pass another --output_dir to start a new run)"))
+        self.plugins.load(ck, self.model, path)
         if ck.get("optimizer") is not None:
             self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scheduler") is not None:
@@ -241,7 +246,8 @@ class Trainer:
 
             state = ckpt_lib.build_state(self.model, self.optimizer, self.scheduler, self.scaler, self.iteration,
                                          rng={str(r): s for r, s in enumerate(rngs)},
-                                         config=config_to_dict(self.cfg), best=self.best)
+                                         config=config_to_dict(self.cfg), best=self.best,
+                                         extra=self.plugins.state())
             if periodic is None:
                 periodic = bool(self.ckpt_interval) and self.iteration % int(self.ckpt_interval) == 0
             try:
@@ -330,6 +336,8 @@ class Trainer:
         """One optimizer step (accum micro-batches). Returns the averaged loss terms, or None if skipped."""
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        balancer = self.plugins.balancer
+        balancer.begin_step(self.iteration)
         sums: dict = OrderedDict()
         # BatchNorm statistics change in the forward, before the loss is known: keep a copy so that a
         # non-finite step leaves the model exactly as it was (the buffers are small: head BN only)
@@ -338,18 +346,19 @@ class Trainer:
             seed_everything(mix_seed(self.seed, STEP_STREAM, self.rank, self.iteration, m))
             batch = self._next_batch(stream, saved)
             images, targets = self._step_batch(batch)
-            sync = m == self.accum - 1 or not self.distributed
+            sync = (m == self.accum - 1 and not balancer.owns_reduction) or not self.distributed
             ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") else nullcontext()
             with ctx:
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     out = self.train_model(images, targets)
-                loss, terms = self.criterion(out, targets)
+                loss, terms = balancer(out, targets)  # fixed: self.criterion(out, targets)
                 if self._nonfinite(terms, loss, "loss", saved):
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
-                (loss / self.accum).backward()
+                balancer.backward(loss, self.accum)  # fixed: (loss / self.accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
+        balance_logs = balancer.finish(self.model)
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = float(self.clip_norm) if self.clip_norm else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=self.clip_type)
@@ -360,9 +369,11 @@ class Trainer:
             return None
         self.optimizer.step()
         self.scheduler.step()
+        self.plugins.after_step(self.model, self.iteration + 1)
         vals = torch.stack([v / self.accum for v in sums.values()]).cpu().tolist()
         out = OrderedDict(zip(sums.keys(), vals))
         out["grad_norm"] = float(gnorm)
+        out.update(balance_logs)
         return out
 
     # ----------------------------------------------------------------------------- evaluation
@@ -370,12 +381,16 @@ class Trainer:
         """Evaluate on every rank; rank 0 writes metrics JSON and TensorBoard; returns the payload."""
         if self.val_loader is None:
             return None
-        _broadcast_buffers(self.model)
         t0 = time.perf_counter()
         pred_dir = os.path.join(self.output_dir, "predictions") if final else None
-        res = evaluate(self.model, self.val_loader, self.cfg, self.device, full_edge=final, seed=self.seed,
-                       amp=self.amp, pred_dir=pred_dir, n_visuals=4 if self.tb is not None else 0,
-                       desc=f"eval it {self.iteration}")
+        runs = []  # [(weights, EvalOutput)]: the raw model, or the EMA's choice first (engine/train_plugins.py)
+        for i, (which, model) in enumerate(self.plugins.eval_weights(self.model)):
+            _broadcast_buffers(model)
+            runs.append((which, evaluate(model, self.val_loader, self.cfg, self.device, full_edge=final,
+                                         seed=self.seed, amp=self.amp, pred_dir=pred_dir if i == 0 else None,
+                                         n_visuals=4 if self.tb is not None and i == 0 else 0,
+                                         desc=f"eval it {self.iteration}" + self.plugins.eval_label(which))))
+        res = runs[0][1]
         headline = headline_metrics(res.results, self.cfg)
         reference, against = cfg_get(self.cfg, "delta_m_reference", None), "delta_m_reference of the config"
         own = not reference
@@ -389,13 +404,18 @@ class Trainer:
                    "results": res.results, "headline": headline, "delta_m": dm, "delta_m_against": against,
                    "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3),
                    "skipped_samples": [f.message for f in res.skipped]}
+        others = self.plugins.describe_evaluations(payload, runs, self.cfg, skip_zero=own)
         if is_main_process():
             path = write_json_atomic(metrics_path(self.output_dir, self.iteration), payload)
             payload["path"] = path
             self.log.info(f"evaluation at iteration {self.iteration} ({payload['protocol']} protocol, "
                           f"{res.num_images} images, {payload['eval_seconds']:.1f}s) -> {path}\n"
                           + metric_table(res.results, self.cfg, dm))
-            self._tb_eval(res, dm)
+            self._tb_eval(res, dm, self.plugins.tb_prefix(runs[0][0]))
+            for which, other, other_dm in others:
+                self.log.info(f"{which} weights at iteration {self.iteration}:\n"
+                              + metric_table(other.results, self.cfg, other_dm))
+                self._tb_eval(other, other_dm, self.plugins.tb_prefix(which), images=False)
         return payload
 
     def _select_best(self, payload: dict) -> bool:
@@ -434,7 +454,7 @@ class Trainer:
         if self.device.type == "cuda":
             self.tb.add_scalar("memory/max_allocated_GiB", torch.cuda.max_memory_allocated(self.device) / 2**30, k)
 
-    def _tb_eval(self, res, dm) -> None:
+    def _tb_eval(self, res, dm, prefix: str = "val", images: bool = True) -> None:
         if self.tb is None:
             return
         k = self.iteration
@@ -443,10 +463,10 @@ class Trainer:
                 continue
             for name, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-                    self.tb.add_scalar(f"val/{task}/{name}", float(v), k)
+                    self.tb.add_scalar(f"{prefix}/{task}/{name}", float(v), k)
         if dm is not None:
-            self.tb.add_scalar("val/delta_m", dm, k)
-        for name, grid in res.visuals:
+            self.tb.add_scalar(f"{prefix}/delta_m", dm, k)
+        for name, grid in (res.visuals if images else ()):
             self.tb.add_image(f"val_images/{name}", grid, k, dataformats="HWC")
         for task, pic in getattr(res, "curves", []):  # ensembles: sparsification curves per task
             self.tb.add_image(f"val_uncertainty/{task}", pic, k, dataformats="HWC")

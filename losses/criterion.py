@@ -70,6 +70,51 @@ class MultiTaskCriterion(nn.Module):
             total = self.weights[t] * loss if total is None else total + self.weights[t] * loss
         return total
 
+    def objectives(self, outputs: Mapping, targets: Mapping, task_weights: bool = True):
+        """Per-task objectives for the balancing methods (losses/balancing): (per, extra, terms).
+
+        per: {task: λ_t·(L_t + aux_weight·L_aux_t)} (task_weights False: without λ_t), float32 with graph;
+        extra: load_balancing·L_cv when the outputs carry 'route', else None; terms: as `forward`'s, with
+        loss/main and loss/aux the fixed weighted sums (comparable across methods) and loss/total their
+        fixed total (the balancing method overwrites it with its own objective).
+        """
+        pred = outputs["pred"]
+        device_type = next(iter(pred.values())).device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            terms: dict = OrderedDict()
+            raw = self._per_task(pred, targets, "loss", terms)
+            aux = self._per_task(outputs["aux"], targets, "aux", terms) if outputs.get("aux") else None
+            per = OrderedDict()
+            for t in self.tasks:
+                ell = raw[t] if aux is None else raw[t] + self.aux_weight * aux[t]
+                per[t] = self.weights[t] * ell if task_weights else ell
+            main = sum(self.weights[t] * raw[t] for t in self.tasks)
+            extra = None
+            if outputs.get("route"):
+                cv = load_balancing_loss(outputs["route"])
+                terms["loss/cv"] = cv.detach()
+                extra = self.load_balancing * cv
+                main = main + extra
+            terms["loss/main"] = main.detach()
+            total = main
+            if aux is not None:
+                aux_sum = sum(self.weights[t] * aux[t] for t in self.tasks)
+                terms["loss/aux"] = aux_sum.detach()
+                total = main + self.aux_weight * aux_sum
+            terms["loss/total"] = total.detach()
+        return per, extra, terms
+
+    def _per_task(self, preds: Mapping[str, torch.Tensor], targets, prefix: str, terms: dict) -> dict:
+        out = OrderedDict()
+        for t in self.tasks:
+            if t not in preds:
+                raise KeyError(f"model outputs have no '{t}' prediction under '{prefix}'; it has {sorted(preds)}")
+            if t not in targets:
+                raise KeyError(f"targets have no ground truth for task '{t}'; they have {sorted(targets)}")
+            out[t] = self.task_loss(t, preds[t], targets[t])
+            terms[f"{prefix}/{t}"] = out[t].detach()
+        return out
+
     def forward(self, outputs: Mapping, targets: Mapping):
         pred = outputs["pred"]
         device_type = next(iter(pred.values())).device.type

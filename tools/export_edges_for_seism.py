@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     except DeviceError as err:
         return fail(err)
     try:
-        model = load_trained_model(cfg, args.trained_model, device, trusted=args.trust_checkpoint)
+        model = load_trained_model(cfg, args.trained_model, device, trusted=args.trust_checkpoint,
+                                   raw=bool(getattr(args, "raw_weights", False)))
         loader = build_dataloader(cfg, args.split, distributed=False, shuffle=False, batch_size=args.batch_size,
                                   catch_errors=True)
     except (CheckpointError, DatasetError, FileNotFoundError) as err:

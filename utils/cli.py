@@ -13,7 +13,8 @@ from utils.messages import one_line  # noqa: F401 - re-exported: the tools impor
 
 
 def add_model_args(p: argparse.ArgumentParser, config_required: bool = True) -> argparse.ArgumentParser:
-    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint.
+    """--config_exp, --trained_model, --data_root, --device, --batch_size, --seed, --opts, --trust_checkpoint,
+    --raw_weights.
 
     config_required=False: --config_exp may be left out; the program then takes the config stored in the
     checkpoint (engine.cli.load_cli_config)."""
@@ -32,6 +33,9 @@ def add_model_args(p: argparse.ArgumentParser, config_required: bool = True) -> 
                    help="allow a checkpoint that holds Python objects beyond tensors (e.g. the original "
                         "repository's .pth.tar): opening such a file runs code stored in it, so use this only "
                         "for files from a trusted source")
+    p.add_argument("--raw_weights", action="store_true",
+                   help="predict with the trained (raw) weights even when the checkpoint holds a weight EMA "
+                        "(by default the EMA is used when present; docs/method.md#weight-ema)")
     return p
 
 

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 __all__ = ["Spec", "REQUIRED", "OMIT", "Names", "PrefixedKeys", "SCHEMA", "DERIVED_VALUE_KEYS",
            "DERIVED_PATH_KEYS", "DERIVED_KEYS", "DATASETS", "TASKS", "MODELS", "BACKBONES", "DATA_ENV_VAR",
-           "PATCH_SIZE", "DEFAULT_DECODER_STRIDE", "NUM_EXPERTS", "NUM_TAPS"]
+           "PATCH_SIZE", "DEFAULT_DECODER_STRIDE", "NUM_EXPERTS", "NUM_TAPS", "OptionKeys", "BALANCERS",
+           "BALANCING_OPTIONS"]
 
 DATA_ENV_VAR = "TASKDIFFUSION_DATA"
 PATCH_SIZE = 16  # patch size of the paper ViT variants: their crops must be multiples of it (docs/method.md)
@@ -127,6 +128,35 @@ class PrefixedKeys(Mapping):
         return True
 
 
+class OptionKeys(Mapping):
+    """Fixed child keys plus the option keys that a package above utils registers in a live table
+    (loss_balancing's per-method options, owned by losses/balancing): every option is declared as a Spec,
+    so the loader checks it (kind, range, choices) and docs/configs.md lists it like any other key."""
+
+    def __init__(self, fixed: Mapping, what: str, owner: str):
+        self.fixed, self.what, self.owner = dict(fixed), what, owner
+        self._source: Mapping | None = None
+
+    def provide(self, source: Mapping) -> None:
+        """Read the option Specs from `source` (name -> Spec) from now on (later registrations count)."""
+        self._source = source
+
+    def __getitem__(self, key):
+        if key in self.fixed:
+            return self.fixed[key]
+        return (self._source or {})[key]
+
+    def __iter__(self):
+        yield from self.fixed
+        yield from (k for k in (self._source or {}) if k not in self.fixed)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key) -> bool:
+        return key in self.fixed or key in (self._source or {})
+
+
 def _int(default=REQUIRED, doc="", **kw) -> Spec:
     return Spec("int", default, doc, **kw)
 
@@ -152,6 +182,15 @@ DATASETS = Names("dataset", "data")
 TASKS = Names("task", "data")
 MODELS = Names("model", "models")
 BACKBONES = Names("backbone", "models")
+BALANCERS = Names("loss balancing method", "losses")
+
+# loss_balancing: `name` plus the options every registered method declares (losses/balancing/registry.py)
+BALANCING_OPTIONS = OptionKeys({
+    "name": _str("fixed", "multi-task balancing method: fixed (the config's loss_weights, the paper), a "
+                          "loss-scaling method (uncertainty, dwa, log, rlw, famo) or a torchjd gradient "
+                          "aggregator (upgrad, mgda, pcgrad, cagrad, nash_mtl, ...); docs/method.md",
+                 choices=BALANCERS),
+}, "loss balancing option", "losses")
 
 _TASK_DICTIONARY = PrefixedKeys(
     {"edge_w": _float(OMIT, "edge positive-class weight w of the balanced BCE "
@@ -325,6 +364,21 @@ SCHEMA: dict[str, Spec] = {
                              value=_float(ge=0), key_check="task_or_lb"),
     }, "loss arguments", default=REQUIRED),
     "ignore_invalid_area_depth": _bool(True, "mask depth == 0 (invalid) in the depth loss"),
+    # ---- training plug-ins (new; defaults reproduce the paper recipe bit for bit) ---------------
+    "loss_balancing": _dict(BALANCING_OPTIONS, "multi-task loss balancing (docs/method.md#multi-task-balancing); "
+                                               "each option applies to the methods its description names"),
+    "ema": _dict({
+        "decay": _float(None, "EMA decay per update (e.g. 0.9999 as DiT); null: no EMA (the paper)", gt=0, lt=1,
+                        nullable=True),
+        "start_iter": _int(0, "the EMA copies the raw weights up to this iteration, then averages", ge=0),
+        "every": _int(1, "update the EMA every this many iterations (the decay applies per update)", ge=1),
+        "buffers": _str("average", "BatchNorm/float buffers: average them like the weights (timm's default) or "
+                                   "copy the raw model's (docs/method.md#weight-ema)", choices=("average", "copy")),
+        "evaluate": _str("both", "weights evaluated during training when the EMA is on", choices=("ema", "raw", "both")),
+        "select": _str("ema", "with evaluate: both, the weights whose Delta_m picks best.pth (and whose metrics "
+                              "lead the metrics JSON)", choices=("ema", "raw")),
+    }, "exponential moving average of the weights, used for evaluation, infer.py and the SEISM export when "
+       "present (docs/method.md#weight-ema)"),
     # ---- evaluation (new) -----------------------------------------------------------------------
     "edge_eval": _dict({
         "full_thresholds": _int(101, "thresholds of the final boundary odsF (SEISM uses 101)", ge=2),
