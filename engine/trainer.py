@@ -405,9 +405,19 @@ class Trainer:
                    "delta_m_reference": reference, "eval_seconds": round(time.perf_counter() - t0, 3),
                    "skipped_samples": [f.message for f in res.skipped]}
         others = self.plugins.describe_evaluations(payload, runs, self.cfg, skip_zero=own)
+        failure = None
         if is_main_process():
-            path = write_json_atomic(metrics_path(self.output_dir, self.iteration), payload)
-            payload["path"] = path
+            try:
+                payload["path"] = write_json_atomic(metrics_path(self.output_dir, self.iteration), payload)
+            except StorageError as err:  # full disk: every rank leaves together (as a failed checkpoint)
+                failure = err
+        if self.world > 1:
+            failure = broadcast_object(failure)
+        if failure is not None:
+            failure.agreed = True
+            raise failure
+        if is_main_process():
+            path = payload["path"]
             self.log.info(f"evaluation at iteration {self.iteration} ({payload['protocol']} protocol, "
                           f"{res.num_images} images, {payload['eval_seconds']:.1f}s) -> {path}\n"
                           + metric_table(res.results, self.cfg, dm))
@@ -529,8 +539,7 @@ class Trainer:
                     else:
                         self.history.append((self.iteration, {"lr": lr, **terms}))
                         if jsonl is not None:
-                            jsonl.write(json.dumps({"iteration": self.iteration, "lr": lr, **terms}) + "\n")
-                            jsonl.flush()
+                            jsonl = self._append_train_log(jsonl, {"iteration": self.iteration, "lr": lr, **terms})
                         self._tb_train(terms, lr, it_s)
                         progress.update(1, loss=terms.get("loss/total", float("nan")), lr=lr)
                     last = self.iteration == self.max_iter
@@ -549,7 +558,10 @@ class Trainer:
                 if progress is not None:
                     progress.close()
                 if jsonl is not None:
-                    jsonl.close()
+                    try:
+                        jsonl.close()
+                    except OSError:  # a full disk: the warning of _append_train_log says what was lost
+                        pass
                 if stream is not None:
                     self.skipped.extend(stream.skipped)
                     stream.close()
@@ -608,6 +620,25 @@ class Trainer:
             if paths:
                 self.log.info(f"best so far (Delta_m {self.best.get('delta_m')}): {', '.join(paths)}")
         return payload
+
+    def _append_train_log(self, jsonl, record: dict):
+        """One line of metrics/train_log.jsonl (rank 0). A full or failing disk stops this secondary log with one
+        warning instead of ending rank 0 alone mid-iteration (the other ranks would then fail in a collective):
+        the next checkpoint write meets the same disk and ends the run on every rank with the one-line storage
+        error, and last.pth still holds the iterations trained so far."""
+        try:
+            jsonl.write(json.dumps(record) + "\n")
+            jsonl.flush()
+            return jsonl
+        except OSError as err:
+            self.log.warning(f"cannot append to {getattr(jsonl, 'name', 'train_log.jsonl')}: "
+                             f"{getattr(err, 'strerror', None) or err}; the per-iteration log stops here (checkpoints "
+                             f"and metrics files are still written while the disk allows)")
+            try:
+                jsonl.close()
+            except OSError:
+                pass
+            return None
 
     def _open_train_log(self):
         """metrics/train_log.jsonl for appending, after dropping lines past the resumed iteration (those

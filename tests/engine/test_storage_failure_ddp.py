@@ -44,3 +44,67 @@ def test_two_ranks_end_together_with_the_one_line(tiny_data, tmp_path):
         f"the same command to resume"), text[-3000:]
     assert "Traceback" not in text and "ChildFailedError" not in text, text[-3000:]
     assert torch.load(last, weights_only=True)["iteration"] == 2
+
+
+# Rank 0's metrics JSON of the first evaluation meets a full disk (a write only rank 0 makes, after the
+# checkpoint): both ranks must still end together with the one line, not rank 1 in a collective.
+METRICS_HOOK = '''
+import os
+if os.environ.get("RANK") == "0":
+    import errno, json
+    _real = json.dump
+    def _dump(obj, fp, *a, **k):
+        if "metrics_iter" in str(getattr(fp, "name", "")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return _real(obj, fp, *a, **k)
+    json.dump = _dump
+'''
+
+
+def test_two_ranks_end_together_when_the_metrics_json_fails(tiny_data, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(METRICS_HOOK)
+    env = env_for_subprocess()
+    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "scripts/torchrun.py", "--standalone", "--nproc_per_node=2", "main.py",
+           "--config_exp", CONFIG, "--run_mode", "train", "--data_root", tiny_data, "--output_dir", str(out),
+           "--opts", *BASE_OPTS, "max_iter=4", "val_interval=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 75, text[-3000:]
+    errors = [ln for ln in text.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "error: cannot write " in errors[0] and "metrics_iter000002.json" in errors[0] \
+        and "last.pth still holds iteration 2" in errors[0], text[-3000:]
+    assert "Traceback" not in text and "ChildFailedError" not in text, text[-3000:]
+    assert torch.load(out / "checkpoints" / "last.pth", weights_only=True)["iteration"] == 2
+    assert not list((out / "metrics").glob("*.tmp*")) and not (out / "metrics" / "metrics_iter000002.json").exists()
+
+
+def test_a_failing_train_log_stops_with_one_warning_not_an_exception():
+    """metrics/train_log.jsonl is rank 0's alone: a full disk there must not end rank 0 mid-iteration."""
+    import errno
+    import types
+
+    from engine.trainer import Trainer
+
+    class FullFile:
+        name = "run/metrics/train_log.jsonl"
+        closed = False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    warnings = []
+    fake = types.SimpleNamespace(log=types.SimpleNamespace(warning=warnings.append))
+    f = FullFile()
+    assert Trainer._append_train_log(fake, f, {"iteration": 3, "loss/total": 1.0}) is None
+    assert f.closed and len(warnings) == 1 and "No space left on device" in warnings[0] \
+        and "train_log.jsonl" in warnings[0], warnings
