@@ -143,9 +143,7 @@ class TaskDiffusionHead(nn.Module):
         self.fast_path = True
         # grouped ops on the fast path (config `grouped_ops`; one op per block over all tasks / levels; same
         # maths, fp32 rounding differs by ~1e-7 relative, so off by default: the paper configs stay bit-identical)
-        self.grouped_ops = False
-        for i, blk in enumerate(self.film_blocks()):
-            blk.film_slot = i  # index into the per-step FiLM table (decoder.FilmParams)
+        self.grouped_ops = False  # also numbers the FiLM table slots (`film_blocks`)
 
     def set_fast_path(self, enabled: bool = True) -> "TaskDiffusionHead":
         """Choose between the fast path (default) and the reference path; both give the same numbers.
@@ -166,12 +164,25 @@ class TaskDiffusionHead(nn.Module):
         self.fast_path = bool(enabled)
         return self
 
+    @property
+    def grouped_ops(self) -> bool:
+        return self._grouped_ops
+
+    @grouped_ops.setter
+    def grouped_ops(self, enabled: bool) -> None:
+        """Switch the grouped ops and renumber the FiLM table slots to match (`film_blocks`)."""
+        self._grouped_ops = bool(enabled)
+        for i, blk in enumerate(self.film_blocks()):
+            blk.film_slot = i  # index into the per-step FiLM table (decoder.FilmParams)
+
     def film_blocks(self) -> list[nn.Module]:
-        """The time-conditioned blocks of the decoder, in a fixed order (their FiLM table slots): the
-        shared FPN's blocks ordered block-major (the blocks of one grouped op side by side), then the rest
-        of the gating FPN and the refinement layers in module order."""
+        """The time-conditioned blocks of the decoder, in a fixed order (their FiLM table slots): module
+        order; with grouped ops the shared FPN's blocks come first, block-major (the blocks of one grouped op
+        side by side, so their FiLM coefficients are a view). The order changes the one FiLM matmul's
+        rounding, so the default (per-task) path keeps the module order of before, bit for bit."""
         share = []
-        if isinstance(getattr(self.fpn_encoder, "share_fpn", None), SharedNoisyFPN):
+        if getattr(self, "_grouped_ops", False) and isinstance(getattr(self.fpn_encoder, "share_fpn", None),
+                                                                SharedNoisyFPN):
             convs = self.fpn_encoder.share_fpn.fpn_conv
             share = [convs[l][j] for j in range(len(convs[0])) for l in range(len(convs))]
         first = {id(m) for m in share}

@@ -191,3 +191,21 @@ def test_grouped_ops_change_only_fp32_rounding_and_cut_kernels():
     for t in preds[False]:
         close(preds[True][t], preds[False][t], t, rtol=1e-5)
     assert counts[True] < counts[False] / 2 and counts[True] <= 183, counts
+
+
+def test_default_film_slots_keep_module_order():
+    """The FiLM coefficients of every block come from one matmul whose row order is the slot order; a
+    different order changes its fp32 rounding (the demo's losses moved at iteration 3). The default
+    (per-task) path keeps module order; grouped ops renumber the slots and switching back restores them."""
+    from models.decoder import CondConv
+
+    heads = tiny_model("PASCALContext").heads
+    module_order = [m for m in list(heads.fpn_encoder.modules()) + list(heads.encoders.modules())
+                    if isinstance(m, (CondConv, CondConvMLP))]
+    assert heads.film_blocks() == module_order
+    assert [b.film_slot for b in module_order] == list(range(len(module_order)))
+    heads.grouped_ops = True
+    assert heads.film_blocks() != module_order
+    assert [b.film_slot for b in heads.film_blocks()] == list(range(len(module_order)))
+    heads.grouped_ops = False
+    assert [b.film_slot for b in module_order] == list(range(len(module_order)))
