@@ -147,22 +147,28 @@ def _check_size(archive, member, limits, stats) -> None:
 
 
 def _write_file(tar, archive, member, root, target, limits, stats) -> None:
+    src = tar.extractfile(member)
+    _write_member_stream(archive, member, target, src, limits, stats)
+
+
+def _write_member_stream(archive, member, target, src, limits, stats) -> None:
+    """One regular member (tar or zip) from the stream `src` (None: no data) into `target`: size caps, a
+    fresh O_EXCL|O_NOFOLLOW file, never more bytes than the header declares, and a short stream reported as
+    a corrupt archive."""
     _check_size(archive, member, limits, stats)
     _clear(target)
     mode = 0o755 if member.mode & 0o111 else 0o644
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     written = 0
     with os.fdopen(fd, "wb") as out:
-        src = tar.extractfile(member)
-        if src is not None:
-            while True:
-                chunk = src.read(_CHUNK)
-                if not chunk:
-                    break
-                written += len(chunk)
-                if written > member.size:  # never trust the stream beyond the declared size
-                    raise _refuse(archive, member.name, "holds more data than its header declares")
-                out.write(chunk)
+        while src is not None:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > member.size:  # never trust the stream beyond the declared size
+                raise _refuse(archive, member.name, "holds more data than its header declares")
+            out.write(chunk)
     if written != member.size:
         raise CorruptArchiveError(f"corrupt archive {archive}: member {member.name!r} ends after {written} of "
                                   f"{member.size} bytes; download the file again")
@@ -258,26 +264,8 @@ def _zip_member(info: zipfile.ZipInfo) -> _ZipMember:
 
 
 def _write_zip_file(zf, info, archive, member, target, limits, stats) -> None:
-    _check_size(archive, member, limits, stats)
-    _clear(target)
-    mode = 0o755 if member.mode & 0o111 else 0o644
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    written = 0
-    with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-        while True:
-            chunk = src.read(_CHUNK)
-            if not chunk:
-                break
-            written += len(chunk)
-            if written > member.size:  # never trust the stream beyond the declared size
-                raise _refuse(archive, member.name, "holds more data than its header declares")
-            out.write(chunk)
-    if written != member.size:
-        raise CorruptArchiveError(f"corrupt archive {archive}: member {member.name!r} ends after {written} of "
-                                  f"{member.size} bytes; download the file again")
-    os.utime(target, (member.mtime, member.mtime))
-    stats.files += 1
-    stats.bytes += written
+    with zf.open(info) as src:
+        _write_member_stream(archive, member, target, src, limits, stats)
 
 
 def _extract_zip_member(zf, info, archive, root, limits, stats) -> None:
