@@ -24,19 +24,25 @@ if os.environ.get("RANK") == "0":
 '''
 
 
-def test_two_ranks_end_together_with_the_one_line(tiny_data, tmp_path):
+def run_two_ranks(tiny_data, tmp_path, hook_source: str, *opts: str):
+    """A 2-rank torchrun training through scripts/torchrun.py with `hook_source` as every process's
+    sitecustomize; returns (exit status, stdout + stderr, run folder)."""
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK)
+    (hook / "sitecustomize.py").write_text(hook_source)
     env = env_for_subprocess()
     env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
     out = tmp_path / "run"
     cmd = [sys.executable, "scripts/torchrun.py", "--standalone", "--nproc_per_node=2", "main.py",
            "--config_exp", CONFIG, "--run_mode", "train", "--data_root", tiny_data, "--output_dir", str(out),
-           "--opts", *BASE_OPTS, "max_iter=4", "val_interval=1000", "ckpt_interval=2"]
+           "--opts", *BASE_OPTS, *opts]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 75, text[-3000:]
+    return proc.returncode, proc.stdout + proc.stderr, out
+
+
+def test_two_ranks_end_together_with_the_one_line(tiny_data, tmp_path):
+    status, text, out = run_two_ranks(tiny_data, tmp_path, HOOK, "max_iter=4", "val_interval=1000", "ckpt_interval=2")
+    assert status == 75, text[-3000:]
     errors = [ln for ln in text.splitlines() if "error:" in ln]
     last = out / "checkpoints" / "last.pth"
     assert len(errors) == 1 and errors[0].endswith(
@@ -62,18 +68,8 @@ if os.environ.get("RANK") == "0":
 
 
 def test_two_ranks_end_together_when_the_metrics_json_fails(tiny_data, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(METRICS_HOOK)
-    env = env_for_subprocess()
-    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
-    out = tmp_path / "run"
-    cmd = [sys.executable, "scripts/torchrun.py", "--standalone", "--nproc_per_node=2", "main.py",
-           "--config_exp", CONFIG, "--run_mode", "train", "--data_root", tiny_data, "--output_dir", str(out),
-           "--opts", *BASE_OPTS, "max_iter=4", "val_interval=2"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 75, text[-3000:]
+    status, text, out = run_two_ranks(tiny_data, tmp_path, METRICS_HOOK, "max_iter=4", "val_interval=2")
+    assert status == 75, text[-3000:]
     errors = [ln for ln in text.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "error: cannot write " in errors[0] and "metrics_iter000002.json" in errors[0] \
         and "last.pth still holds iteration 2" in errors[0], text[-3000:]
